@@ -1,0 +1,1 @@
+"""Sentence-transformers encoder and FAISS collections that feed retrieval context."""

@@ -1,0 +1,1 @@
+"""Feedback alignment: reward model, DPO and KTO on top of an SFT adapter (TRL)."""

@@ -1,0 +1,1 @@
+"""The FastAPI server (OpenAI- and Nebula-compatible). Top layer: nothing imports it."""
