@@ -26,7 +26,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="input file")
     p.add_argument("--format", "-f", choices=FORMATS, help="input format (default: detected from the file)")
     p.add_argument(
-        "--map",
+        "--mapping",
         dest="mapping",
         metavar="KEY=COLUMN,...",
         help="CSV column mapping, e.g. conversation_id=call_id,speaker=who,text=utterance",
@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"convtune: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `convtune analytics ... | head` closed the pipe: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("convtune: interrupted", file=sys.stderr)
         return 130

@@ -37,7 +37,7 @@ _ROLE_ALIASES = {
 
 def guess_role(speaker: str) -> Role:
     """Best-effort role from a speaker label ("Agent 2" -> agent, "Caller" -> customer)."""
-    key = speaker.strip().lower()
+    key = speaker.strip().strip("#").lower()  # DialogSum writes "#Person1#"
     if key in _ROLE_ALIASES:
         return _ROLE_ALIASES[key]
     first = key.split()[0] if key.split() else ""
@@ -48,7 +48,8 @@ def guess_role(speaker: str) -> Role:
 class Turn(BaseModel):
     """One speaker turn. Times are seconds from the start of the conversation."""
 
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: JSON 1e999 parses to inf, which would poison analytics.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
     id: str = Field(min_length=1, max_length=128)
     speaker: str = Field(min_length=1, max_length=200)
@@ -91,7 +92,7 @@ class Metadata(BaseModel):
 class Conversation(BaseModel):
     """A speaker-attributed conversation with optional metadata and task labels."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     id: str = Field(min_length=1, max_length=256)
     turns: list[Turn] = Field(min_length=1)

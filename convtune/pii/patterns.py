@@ -1,0 +1,207 @@
+"""Pattern detectors that do not reduce to a digit run: e-mail (written and
+spoken), IBAN, calendar dates, street addresses and alphanumeric ids."""
+
+from __future__ import annotations
+
+import re
+
+from convtune.pii.checksums import IBAN_LENGTHS, iban_valid
+from convtune.pii.spoken import FILLERS, NUMBER_WORDS
+
+# ---------------------------------------------------------------- e-mail
+EMAIL_RE = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]*[A-Za-z0-9_%+-])?@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+    r"\.[A-Za-z]{2,24}(?![\w@])")
+
+_TLDS = r"com|net|org|edu|gov|mil|io|co|us|uk|ca|au|de|fr|es|it|nl|info|biz|me|ai|app|dev|tv"
+_DOT = r"\s*(?:\.|\bdot\b|\bperiod\b)\s*"
+_ATOM = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+# "at example dot com" / "@ example.com" / "at corp dot example dot com"
+SPOKEN_DOMAIN_RE = re.compile(
+    rf"(?<![\w@])(?P<at>at|@)\s*(?P<domain>{_ATOM}(?:{_DOT}{_ATOM})*?{_DOT}(?:{_TLDS}))(?![\w@])",
+    re.IGNORECASE)
+def _wordset(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_LOCAL_TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?|[._-]|\S")
+_JOINERS = {".", "_", "-", "dot", "period", "underscore", "dash", "hyphen"}
+_LOCAL_STOP = _wordset("""
+is it's its it email e-mail mail address me to at my the a an was send yes yeah sure okay ok and or
+that's thats i i'm be use using his her their our your work personal reach contact via on with from
+please so well just actually new old should would as by for in this that's it’s here there
+""") | FILLERS
+
+
+def spoken_local_start(text: str, end: int) -> int | None:
+    """Start of a (possibly spoken) e-mail local part ending at ``end``.
+
+    Walks back over words joined by "dot"/"underscore"/"dash" (or the
+    characters), spelled letters and number words, stopping at words that
+    introduce the address ("is", "email", "it's" ...).
+    """
+    toks = list(_LOCAL_TOKEN.finditer(text, 0, end))
+    start = None
+    plain_words = 0
+    right_kind = None  # kind of the token collected just to the right
+    right_start = end
+    for m in reversed(toks):
+        w = m.group().lower()
+        gap = text[m.end():right_start]
+        if gap.strip():
+            break
+        if w in _JOINERS:
+            if right_kind in (None, "joiner"):
+                break
+            kind = "joiner"
+        elif len(w) == 1 and w.isalpha() and right_kind in ("joiner", "letter"):
+            kind = "letter"
+        elif w in _LOCAL_STOP or not w[0].isalnum():
+            break
+        elif len(w) == 1 and w.isalpha():
+            kind = "letter"
+        elif w in NUMBER_WORDS or w.isdigit():
+            kind = "num"
+        else:
+            if right_kind in ("word", "num", "letter"):
+                plain_words += 1
+            if plain_words >= 2:
+                break
+            kind = "word"
+        start, right_kind, right_start = m.start(), kind, m.start()
+    if start is not None and right_kind == "joiner":
+        return None
+    return start
+
+
+def find_emails(text: str) -> list[tuple[int, int]]:
+    spans = [(m.start(), m.end()) for m in EMAIL_RE.finditer(text)]
+    for m in SPOKEN_DOMAIN_RE.finditer(text):
+        if m.group("at") == "@" and "." in m.group("domain") and " " not in m.group("domain"):
+            continue  # a written address; EMAIL_RE already had it
+        s = spoken_local_start(text, m.start())
+        if s is not None:
+            spans.append((s, m.end()))
+    return spans
+
+
+LEADING_DOMAIN_RE = re.compile(rf"^\W*(?:at|@)\s*{_ATOM}(?:{_DOT}{_ATOM})*?{_DOT}(?:{_TLDS})(?![\w@])",
+                               re.IGNORECASE)
+
+# ---------------------------------------------------------------- IBAN
+_IBAN_START = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})(\d{2})(?=[ ]?[A-Za-z0-9])")
+
+
+def find_ibans(text: str) -> list[tuple[int, int]]:
+    out = []
+    for m in _IBAN_START.finditer(text):
+        length = IBAN_LENGTHS.get(m.group(1).upper())
+        if length is None:
+            continue
+        chars, i = 4, m.end()
+        while i < len(text) and chars < length:
+            ch = text[i]
+            if ch.isalnum():
+                chars += 1
+            elif not (ch == " " and i + 1 < len(text) and text[i + 1].isalnum() and text[i - 1] != " "):
+                break
+            i += 1
+        if chars == length and not (i < len(text) and text[i].isalnum()) and iban_valid(text[m.start():i]):
+            out.append((m.start(), i))
+    return out
+
+
+_SPELLED_TOKEN = re.compile(r"[A-Za-z]+|\d+")
+
+
+def find_spoken_ibans(norm_text: str) -> list[tuple[int, int]]:
+    """IBANs read out as letters and digits ("G B eight two W E S T one two ...")
+    in the normalised text: single letters and digit groups, checked by mod-97."""
+    toks = [m for m in _SPELLED_TOKEN.finditer(norm_text) if m.group().isdigit() or len(m.group()) == 1]
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i + 2 < len(toks):
+        a, b = toks[i], toks[i + 1]
+        if not (a.group().isalpha() and b.group().isalpha() and toks[i + 2].group().isdigit()
+                and norm_text[a.end():b.start()].strip(" ,") == ""):
+            i += 1
+            continue
+        length = IBAN_LENGTHS.get((a.group() + b.group()).upper())
+        chars, j, prev = "", i, None
+        while j < len(toks) and length and len(chars) < length:
+            if prev is not None and norm_text[prev.end():toks[j].start()].strip(" ,.") != "":
+                break
+            chars += toks[j].group()
+            prev = toks[j]
+            j += 1
+        if length and len(chars) == length and iban_valid(chars):
+            out.append((a.start(), prev.end()))  # type: ignore[union-attr]
+            i = j
+        else:
+            i += 1
+    return out
+
+
+# ---------------------------------------------------------------- dates
+_UNIT_W = "one|two|three|four|five|six|seven|eight|nine"
+_TEEN_W = "ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen"
+_TENS_W = "twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety"
+_ORD_UNIT = "first|second|third|fourth|fifth|sixth|seventh|eighth|ninth"
+_ORD_W = (rf"(?:twenty|thirty)[\s-](?:{_ORD_UNIT})|{_ORD_UNIT}|tenth|eleventh|twelfth|thirteenth|fourteenth"
+          r"|fifteenth|sixteenth|seventeenth|eighteenth|nineteenth|twentieth|thirtieth")
+_DAY = rf"(?:[0-3]?\d(?:st|nd|rd|th)?|{_ORD_W}|(?:twenty|thirty)[\s-](?:{_UNIT_W})|{_TEEN_W}|{_UNIT_W})"
+_MONTH = (r"(?:january|february|march|april|may|june|july|august|september|october|november|december"
+          r"|jan|feb|mar|apr|jun|jul|aug|sept|sep|oct|nov|dec)\.?")
+_SPOKEN_YEAR = (rf"(?:nineteen|twenty)[\s-](?:(?:oh|o|zero)[\s-](?:{_UNIT_W})|{_TEEN_W}"
+                rf"|(?:{_TENS_W})(?:[\s-](?:{_UNIT_W}))?|hundred)"
+                rf"|two\s+thousand(?:\s+and)?(?:[\s-](?:{_TEEN_W}|(?:{_TENS_W})(?:[\s-](?:{_UNIT_W}))?|{_UNIT_W}))?")
+_YEAR = rf"(?:(?:19|20)\d\d|'\d\d|{_SPOKEN_YEAR}|(?:{_TENS_W})[\s-](?:{_UNIT_W})|(?:{_TENS_W}))"
+DATE_RE = re.compile(
+    rf"(?<![\w/.-])(?:"
+    rf"{_MONTH}\s+(?:the\s+)?{_DAY}(?:\s*,?\s*(?:of\s+)?{_YEAR})?"
+    rf"|(?:the\s+)?{_DAY}\s+(?:of\s+)?{_MONTH}(?:\s*,?\s*{_YEAR})?"
+    rf"|[01]?\d[/.-][0-3]?\d[/.-](?:\d{{4}}|\d{{2}})"
+    rf"|(?:19|20)\d\d-[01]\d-[0-3]\d"
+    rf")(?![\w/])",
+    re.IGNORECASE)
+
+
+def find_dates(text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in DATE_RE.finditer(text)]
+
+
+# ---------------------------------------------------------------- addresses
+_SUFFIX = (r"street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|way|terrace|ter"
+           r"|circle|cir|parkway|pkwy|highway|hwy|trail|trl|square|sq|loop|row|alley|crescent|close|plaza"
+           r"|pike|run|path|walk|ridge|heights|hts")
+_DIR = r"(?:north|south|east|west|n|s|e|w|ne|nw|se|sw)\.?"
+_ADDR_STOP = (r"the|a|an|to|of|on|in|at|for|from|by|and|or|but|my|your|our|his|her|their|this|that|is|are|was"
+              r"|were|be|it|its|i|we|you|they|he|she|down|up|over|off|out|about|around|across|along|past|via"
+              r"|minutes?|hours?|days?|weeks?|months?|years?|times?|dollars?|bucks|items?|people|kids|miles?"
+              r"|blocks?|gigs?|more|less|other|same|new|old|just|only")
+# Suffix words may be part of the name ("Oak Ridge Road", "Park Avenue").
+_NAME = rf"(?!(?:{_ADDR_STOP})\b)(?:[A-Za-z][A-Za-z'’-]*|\d+(?:st|nd|rd|th))"
+_HOUSE = r"\d{1,6}[A-Za-z]?|\d{1,2} \d{2}|\d(?: \d){1,4}"
+_UNIT_PART = r"(?:,?\s*(?:apt|apartment|unit|suite|ste|fl|floor|#)\.?\s*#?\s*[A-Za-z0-9-]{1,5}\b)"
+ADDRESS_RE = re.compile(
+    rf"(?<![\w.,-])(?:{_HOUSE})\s+(?:{_DIR}\s+)?{_NAME}(?:\s+{_NAME}){{0,3}}(?:\s+(?:jr|sr)\.?)?"
+    rf"\s+(?:{_SUFFIX})\b\.?(?:\s+(?:ne|nw|se|sw|n|s|e|w)\b\.?)?{_UNIT_PART}?"
+    rf"|(?<![\w.])p\.?\s?o\.?\s+box\s+\d{{1,6}}\b",
+    re.IGNORECASE)
+
+
+def find_addresses(norm_text: str) -> list[tuple[int, int]]:
+    """Street addresses in the *normalised* text (spoken house numbers)."""
+    out = []
+    for m in ADDRESS_RE.finditer(norm_text):
+        e = m.end()
+        while e > m.start() and norm_text[e - 1] in ".,":
+            e -= 1
+        out.append((m.start(), e))
+    return out
+
+
+# ---------------------------------------------------------------- ids
+# Alphanumeric identifiers ("XJH448120931", "CA-448-2210"); typed only by context.
+ALNUM_ID_RE = re.compile(r"(?<![\w-])(?=[A-Za-z0-9-]{6,}(?![\w-]))(?=(?:[A-Za-z-]*\d){4})(?=[^\s]*[A-Za-z])"
+                         r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?![\w-])")
