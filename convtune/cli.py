@@ -73,14 +73,24 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_data_pii_report(args) -> int:
-    from convtune.pii.evaluate import evaluate_corpus
+    from convtune.pii.evaluate import RECALL_GATES, evaluate_corpus
 
     report = evaluate_corpus(args.corpus)
     print(report.format_table())
+    failed = {e: g for e, g in RECALL_GATES.items() if report.scores[e].recall < g}
+    for entity, gate in failed.items():
+        print(f"recall gate failed: {entity} {report.scores[entity].recall:.3f} < {gate}")
     if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        rows = {
+            sc.entity: {"support": sc.support, "tp": sc.tp, "fn": sc.fn, "predicted": sc.predicted,
+                        "fp": sc.fp, "recall": sc.recall, "precision": sc.precision}
+            for sc in [*report.scores.values(), report.micro]
+        }
+        payload = {"corpus": str(args.corpus), "scores": rows, "recall_gates": RECALL_GATES,
+                   "hard_negatives": report.negatives, "hard_negatives_redacted": report.negatives_hit}
+        args.json.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_analytics(args) -> int:
@@ -131,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = dsub.add_parser("import", help="validate, redact PII and write convtune JSONL")
     _add_source(p)
-    p.add_argument("--out", "-o", type=Path, help="output JSONL (default: $CONVTUNE_HOME/datasets/<name>.jsonl)")
+    p.add_argument(
+        "--out", "-o", type=Path, help="output JSONL (default: $CONVTUNE_HOME/datasets/<name>.jsonl)"
+    )
     p.add_argument("--no-redact", action="store_true", help="store raw text: turns PII redaction OFF")
     p.set_defaults(func=cmd_data_import)
 

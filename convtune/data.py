@@ -113,7 +113,8 @@ class DatasetStats:
 
         rows = [
             ("conversations", str(self.conversations)),
-            ("turns", f"{self.turns} (min {self.turns_min}, median {self.turns_median:g}, max {self.turns_max})"),
+            ("turns", f"{self.turns} (min {self.turns_min}, median {self.turns_median:g}, "
+                      f"max {self.turns_max})"),
             ("words", str(self.words)),
             ("timed", f"{self.timed_share:.0%} of conversations have turn timestamps"),
             ("channels", counter(self.channels)),

@@ -221,7 +221,7 @@ def test_random_timed_conversations_are_consistent():
     interrupted_any = 0
     for n in range(300):
         raw = []
-        for i in range(rng.randint(1, 10)):
+        for _ in range(rng.randint(1, 10)):
             s = rng.randint(0, 80)
             raw.append((rng.choice(["Agent", "Customer", "Bot"]), s, s + rng.choice([0, 1, 2, 5, 13, 30])))
         turns = [turn(i, spk, rng.randint(1, 30), s * step, e * step, text=None if rng.random() < .9 else "?")
