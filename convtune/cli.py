@@ -113,15 +113,21 @@ def cmd_analytics(args) -> int:
 
 
 def cmd_model_prepare(args) -> int:
+    t0 = time.perf_counter()
+    # Timed separately: importing torch/transformers (~3 s cold) is Python start-up, not model loading.
+    import transformers.modeling_utils  # noqa: F401
+    import transformers.tokenization_utils_base  # noqa: F401
+
     from convtune.models import load_model, resolve_model
 
-    t0 = time.perf_counter()
-    folder = resolve_model(args.model)
     t1 = time.perf_counter()
-    load_model(str(folder), device="cpu")
+    folder = resolve_model(args.model)
     t2 = time.perf_counter()
+    load_model(str(folder), device="cpu")
+    t3 = time.perf_counter()
     print(f"model folder: {folder}")
-    print(f"resolve: {t1 - t0:.1f} s, load from cache: {t2 - t1:.1f} s")
+    print(f"import torch+transformers: {t1 - t0:.1f} s, resolve/convert: {t2 - t1:.1f} s, "
+          f"load tokenizer+weights: {t3 - t2:.1f} s")
     return 0
 
 

@@ -101,6 +101,7 @@ def _convert_gguf(spec: PackagedModel, gguf: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         t0 = time.perf_counter()
         log.warning("converting %s to safetensors once (about 30-60 s) into %s", gguf.name, dest)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -121,6 +122,8 @@ def _convert_gguf(spec: PackagedModel, gguf: Path, dest: Path) -> None:
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.perf_counter() - t0, 1),
         }
+        for f in tmp.iterdir():  # some writers use 0600 temp files; a cache is meant to be read
+            os.chmod(f, 0o644)
         (tmp / _COMPLETE_MARKER).write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, dest)
