@@ -119,7 +119,9 @@ class Renderer:
 
     def transcript(self, conv: Conversation) -> tuple[str, int]:
         """The transcript block and how many middle turns were omitted to fit the budget."""
-        meta = ", ".join(x for x in (conv.metadata.channel, conv.metadata.industry) if x)
+        # The date matters: action items resolve "by Friday" against it.
+        date = conv.metadata.date.isoformat() if conv.metadata.date else None
+        meta = ", ".join(x for x in (conv.metadata.channel, conv.metadata.industry, date) if x)
         header = f"Conversation ({meta}):" if meta else "Conversation:"
         lines = [format_turn(t.id, t.speaker, t.text) for t in conv.turns]
         costs = [self._n_tokens(line) + 1 for line in lines]

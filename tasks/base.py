@@ -9,7 +9,7 @@ metric. Parse failures are returned, counted and reported; never dropped.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,3 +53,52 @@ class Task(ABC):
     def score(self, predictions: Sequence[Parsed], golds: Sequence[Any]) -> dict[str, float]:
         """Metrics over a test set. Always includes ``parse_failure_rate``; failed parses
         count as wrong answers, never as skipped examples."""
+
+    # ---- helpers added by the task registry (not abstract; subclasses refine) ----
+
+    #: The headline key of ``score()``'s result (higher is better), for model selection and reports.
+    primary_metric: str | None = None
+
+    def validate_label(self, label: Any) -> list[str]:
+        """Problems with a gold label, as short messages (empty list = valid).
+
+        Lets training check every label of a dataset before loading weights.
+        Subclasses check the label's schema; this default only rejects None.
+        """
+        return ["label is missing (null)"] if label is None else []
+
+    def round_trip_problem(self, label: Any) -> str | None:
+        """A message when ``parse(render_target(label))`` does not give ``label`` back.
+
+        A label that does not survive its own rendering would teach the model a
+        target the parser reads differently; call only on labels that validate.
+        """
+        try:
+            text = self.render_target(label)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return f"label cannot be rendered: {exc}"
+        back = self.parse(text)
+        if not back.ok:
+            return f"rendered label does not parse back: {back.error}"
+        if back.value != label:
+            return f"label changes when rendered and parsed back: {label!r} -> {back.value!r}"
+        return None
+
+    def safe_parse(self, text: Any, parse: Callable[[str], Parsed]) -> Parsed:
+        """Run ``parse`` so that it never raises: non-text input and parser bugs become failures."""
+        if not isinstance(text, str):
+            return Parsed(None, False, f"expected generated text, got {type(text).__name__}")
+        try:
+            return parse(text)
+        except Exception as exc:  # noqa: BLE001 - the parse contract is "never raises"
+            return Parsed(None, False, f"parser error: {type(exc).__name__}: {exc}")
+
+
+def failed(error: str) -> Parsed:
+    """A failed parse with its reason."""
+    return Parsed(None, False, error)
+
+
+def check_lengths(predictions: Sequence[Parsed], golds: Sequence[Any]) -> None:
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold labels")

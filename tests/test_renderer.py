@@ -68,7 +68,8 @@ def test_transcript_shows_turn_ids_and_metadata(tokenizer, convs):
     first = convs[0].turns[0]
     assert omitted == 0
     assert f"[{first.id}] {first.speaker}: {first.text}" in text
-    assert text.startswith(f"Conversation ({convs[0].metadata.channel}, {convs[0].metadata.industry}):")
+    m = convs[0].metadata
+    assert text.startswith(f"Conversation ({m.channel}, {m.industry}, {m.date.isoformat()}):")
 
 
 def test_long_transcript_keeps_opening_and_ending(tokenizer):
