@@ -317,3 +317,174 @@ def test_precision_floor(report):
 def test_main_returns_zero(capsys):
     assert main(CORPUS) == 0
     assert "CREDIT_CARD" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ regressions from the sample-data review
+# Each case is a general pattern found when reviewing every span on examples/data
+# (fresh wording, not copied from those files). See tests/test_pii_sample_leaks.py
+# for the leak check on the sample data itself.
+
+@pytest.mark.parametrize("text, expected", [
+    # shape beats a bare "account" cue
+    ("account holder verification: 078-05-1120", "account holder verification: <SSN>"),
+    ("the best number for the account is (312) 555-0142", "the best number for the account is <PHONE>"),
+    # spoken e-mail: starts at the local part; asides; two-word local parts; amounts are not local parts
+    ("The email on file shows j dot okonkwo at example dot org.", "The email on file shows <EMAIL>."),
+    ("it's pat morrow, all one word, at example dot com", "it's <EMAIL>"),
+    ("carl weston sixty-six at example dot net", "<EMAIL>"),
+    ("Victor Hale. Victor dot hale at example dot org.", "<PERSON>. <EMAIL>."),
+    ("there's a charge of ninety dollars and fifteen cents at S-H-O-P-N-O-W dot com",
+     "there's a charge of ninety dollars and fifteen cents at S-H-O-P-N-O-W dot com"),
+    ("Send it to m dot quist at example dot com. So M, Q, U, I, S, T.", "Send it to <EMAIL>. So <EMAIL>."),
+    # a veto ("order") covers the id it introduces, not the phone number after it
+    ("order KX-5521907. callback number is (617) 555-0111", "order KX-5521907. callback number is <PHONE>"),
+    # ratios, prices per seat, clock times are not numbers to redact or addresses
+    ("your liability limits are 100/300 right now", "your liability limits are 100/300 right now"),
+    ("Seat selection is $35 per seat each way.", "Seat selection is $35 per seat each way."),
+    ("You're booked for Tuesday at 2:30 with Dr. Patel.",
+     "You're booked for Tuesday at 2:30 with Dr. <PERSON>."),
+    # addresses: spoken house numbers, unit letters, "number 9", spoken PO boxes
+    ("It's seventeen oh four Juniper Avenue, Unit C, in Dayton.", "It's <ADDRESS>, in Dayton."),
+    ("it's sixty one ash lane apartment six d dayton ohio", "it's <ADDRESS> dayton ohio"),
+    ("I'm at 112 Cedar Street, number 9.", "I'm at <ADDRESS>."),
+    ("you can mail it to p o box three three eight one, columbus", "you can mail it to <ADDRESS>, columbus"),
+    # "the card" as the object read from; spelled letters belong to the id
+    ("The member ID is, let me get the card out, Q R T, five five one, two two, nine zero four eight.",
+     "The member ID is, let me get the card out, <ACCOUNT_NUMBER>."),
+    # not names: the verb "miss", "another doctor", brands, places, bots
+    ("It's easy to miss. Unfortunately it can't be added later.",
+     "It's easy to miss. Unfortunately it can't be added later."),
+    ("I'll switch it to email so you don't miss anything.",
+     "I'll switch it to email so you don't miss anything."),
+    ("When a doctor is out, another doctor covers her patients.",
+     "When a doctor is out, another doctor covers her patients."),
+    ("Welcome to Aurora Air chat. Please type your question.",
+     "Welcome to Aurora Air chat. Please type your question."),
+    ("I'm also telling the Orlando general manager about this.",
+     "I'm also telling the Orlando general manager about this."),
+    ("Welcome! I'm LakeBot, your virtual assistant. How can I help?",
+     "Welcome! I'm LakeBot, your virtual assistant. How can I help?"),
+    # names: the name alone after a title, whole words, intros, letters, relatives, stutters
+    ("Dr. Okoro will call you back today.", "Dr. <PERSON> will call you back today."),
+    ("okay mister alvarez do you have the order number", "okay mister <PERSON> do you have the order number"),
+    ("Thank you, Tomás. You've been very patient.", "Thank you, <PERSON>. You've been very patient."),
+    ("Northside Bank, this is Steve, how can I help you today?",
+     "Northside Bank, this is <PERSON>, how can I help you today?"),
+    ("Ines Varga, V, A, R, G, A.", "<PERSON>, <PERSON>."),
+    ("robert fenwick f e n w i c k", "<PERSON> <PERSON>"),
+    ("Hi Mariska,\n\nThanks for writing in.\n\nBest,\nTeodor Lind",
+     "Hi <PERSON>,\n\nThanks for writing in.\n\nBest,\n<PERSON>"),
+    ("my wife, Ingrid Solberg, is on the account too", "my wife, <PERSON>, is on the account too"),
+    ("yes hello this is uh walter um walter pryzbylski", "yes hello this is uh <PERSON>"),
+    # a year said twice
+    ("her birthday is uh june second eighty four nineteen eighty four", "her birthday is uh <DATE_OF_BIRTH>"),
+])
+def test_sample_review_redact_text(text, expected):
+    assert redact_text(text)[0] == expected
+
+
+@pytest.mark.parametrize("turns, expected", [
+    # a street address after "the address on the account" is an ADDRESS
+    ((("Agent", "Can you confirm the address on the account?"),
+      ("Customer", "Sure, it's 4410 Birch Hollow Lane, unit 7, Westfield.")),
+     ["Can you confirm the address on the account?", "Sure, it's <ADDRESS>, Westfield."]),
+    # spoken speeds after an account cue
+    ((("Agent", "Can I have the account phone number?"),
+      ("Customer", "It's been slow for weeks. I pay for three hundred megabits and I'm getting thirty. "
+                   "Forty if I'm lucky.")),
+     ["Can I have the account phone number?",
+      "It's been slow for weeks. I pay for three hundred megabits and I'm getting thirty. "
+      "Forty if I'm lucky."]),
+    # spoken money amounts said after one's own "checking" cue
+    ((("Agent", "The fee can come out of your checking with us."), ("Customer", "Fine."),
+      ("Agent", "So your next payment would be April second, two forty-one seventy plus the fee, "
+                "two seventy-six seventy.")),
+     ["The fee can come out of your checking with us.", "Fine.",
+      "So your next payment would be April second, two forty-one seventy plus the fee, "
+      "two seventy-six seventy."]),
+    # a case number read back, then "Oh, one more thing"
+    ((("Agent", "Your case number is F K four four one oh two nine three eight."),
+      ("Customer", "F K four four one oh two nine three eight. Okay. Oh, one more thing, can I pay online?")),
+     ["Your case number is F K four four one oh two nine three eight.",
+      "F K four four one oh two nine three eight. Okay. Oh, one more thing, can I pay online?"]),
+    # a read-back of the agent's claim number ("mobile unit" is not a phone cue)
+    ((("Agent", "a technician will come out in a mobile unit, and the claim number on our side is "
+                "three one oh five two two k four"),
+      ("Customer", "okay three one oh five two two k four got it")),
+     ["a technician will come out in a mobile unit, and the claim number on our side is "
+      "three one oh five two two k four", "okay three one oh five two two k four got it"]),
+    # a card read in three turns while the agent echoes the first group
+    ((("Customer", "It's an Amex. Three seven one four..."), ("Agent", "Three seven one four, go ahead."),
+      ("Customer", "Four nine six three five three."), ("Agent", "Uh-huh."),
+      ("Customer", "Nine eight four three one.")),
+     ["It's an Amex. <CREDIT_CARD>...", "<CREDIT_CARD>, go ahead.", "<CREDIT_CARD>.", "Uh-huh.",
+      "<CREDIT_CARD>."]),
+    # "ending in" is a last four; one-time codes are not account numbers
+    ((("Agent", "The sign-in code goes to a number ending in 0163, is that still yours?"),),
+     ["The sign-in code goes to a number ending in 0163, is that still yours?"]),
+    ((("Agent", "I'll text a verification code to the number on the account. Read it back when you get it."),
+      ("Customer", "Got it. Six one seven, two two nine.")),
+     ["I'll text a verification code to the number on the account. Read it back when you get it.",
+      "Got it. Six one seven, two two nine."]),
+    # one's own earlier question does not type a date said later in one's turn ...
+    ((("Agent", "And your date of birth?"), ("Customer", "March ninth, nineteen seventy."),
+      ("Agent", "Thanks. The renewal is due on May fourth, after that the policy lapses.")),
+     ["And your date of birth?", "<DATE_OF_BIRTH>.",
+      "Thanks. The renewal is due on May fourth, after that the policy lapses."]),
+    # ... but a read-back at the start of the turn keeps its type
+    ((("Agent", "Date of birth?"), ("Customer", "Four, twelve, sixty-eight."),
+      ("Agent", "April twelfth, 1968. Thank you.")),
+     ["Date of birth?", "<DATE_OF_BIRTH>.", "<DATE_OF_BIRTH>. Thank you."]),
+    # ratios and ordinal ranges after a policy number; spelled letters belong to the policy number
+    ((("Agent", "Can I get your name and policy number?"),
+      ("Customer", "Sure, Dana Voss, policy K W A five five one nine zero two."),
+      ("Agent", "Thanks. Your limits are 100/300 and I have you for the 14th-16th.")),
+     ["Can I get your name and policy number?", "Sure, <PERSON>, policy <ACCOUNT_NUMBER>.",
+      "Thanks. Your limits are 100/300 and I have you for the 14th-16th."]),
+    # a flight number after "confirmation code" is not a CVV
+    ((("Agent", "Could you send me your confirmation code?"), ("Customer", "QX7T2M"),
+      ("Agent", "Thanks. I see TK 2210 leaving at 6:05 pm.")),
+     ["Could you send me your confirmation code?", "QX7T2M", "Thanks. I see TK 2210 leaving at 6:05 pm."]),
+    # "social media" is not an SSN cue
+    ((("Agent", "Pick a phrase that's not on your social media."), ("Customer", "okay."),
+      ("Agent", "Great. Also forward the scam text to seven seven two six.")),
+     ["Pick a phrase that's not on your social media.", "okay.",
+      "Great. Also forward the scam text to seven seven two six."]),
+    # a question for a number we have no cue for ends the context search
+    ((("Customer", "I want to update my phone and my address."),
+      ("Agent", "Sure. What's your FlyerPlus number?"),
+      ("Customer", "F P seven seven one, four oh two, nine nine three.")),
+     ["I want to update my phone and my address.", "Sure. What's your FlyerPlus number?",
+      "<ACCOUNT_NUMBER>."]),
+    # a name found once is redacted everywhere in the conversation
+    ((("Agent", "Skyline Mobile, my name is Dev."), ("Customer", "Hi Dev, this is Ana Ruiz."),
+      ("Agent", "Thanks, Ana. One moment."), ("Customer", "Thanks Dev.")),
+     ["Skyline Mobile, my name is <PERSON>.", "Hi <PERSON>, this is <PERSON>.",
+      "Thanks, <PERSON>. One moment.", "Thanks <PERSON>."]),
+    # the answer to a name question
+    ((("Agent", "What's your son's name?"), ("Customer", "Tobias Wren, he's seven.")),
+     ["What's your son's name?", "<PERSON>, he's seven."]),
+])
+def test_sample_review_conversations(turns, expected):
+    red, spans = redact_conversation(conv(*turns))
+    assert [t.text for t in red.turns] == expected
+    for s in spans:
+        assert turns[s.turn_index][1][s.start:s.end] == s.text
+
+
+def test_named_speaker_is_redacted_in_the_text_but_not_as_speaker():
+    c = conv(("Mina", "Hi, this is the support desk."), ("Customer", "thanks Mina, that helped"))
+    red, _ = redact_conversation(c)
+    assert [t.text for t in red.turns] == ["Hi, this is the support desk.", "thanks <PERSON>, that helped"]
+    assert red.turns[0].speaker == "Mina"
+
+
+def test_sample_review_types():
+    # wrong types seen on the sample data, checked by entity rather than text
+    spans = find_pii("my current number is the one on this account, (206) 555-0117")
+    assert [(s.entity, s.text) for s in spans] == [("PHONE", "(206) 555-0117")]
+    c = conv(("Agent", "And the last four digits of the SSN on the account?"), ("Customer", "219-09-9999"))
+    assert [(s.entity, s.text) for s in redact_conversation(c)[1]] == [("SSN", "219-09-9999")]
+    c = conv(("Agent", "What's your member number?"),
+             ("Customer", "it's uh six two oh oh one hold on it's on the card six two oh oh one four four"))
+    assert {s.entity for s in redact_conversation(c)[1]} == {"ACCOUNT_NUMBER"}

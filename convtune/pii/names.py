@@ -51,14 +51,35 @@ university college school store shop mall city county beach airport station depa
 wednesday thursday friday saturday sunday january february march april may june july august september
 october november december express credit debit national first
 """)
+# A first name followed by one of these is a business ("Aurora Air", "Jordan
+# Insurance"), not a person.
+_BUSINESS = _wordset("""
+air airways airlines airline baggage bank banking wireless mobile telecom broadband fiber energy insurance
+mutual health medical dental pharmacy clinic hospital rentals rental suites hotel hotels inn resorts travel
+tours motors auto autos outdoor home homes furniture electronics market foods cafe coffee chat support
+services service solutions group partners capital credit financial federal savings trust realty
+""")
+# "the Orlando general manager", "your Orlando Lake property": a determiner in
+# front of a lone first name makes it a place or a thing.
+_DETERMINER_BEFORE = re.compile(r"\b(?:the|a|an|your|our|their)\s+$", re.IGNORECASE)
+# Before a spelled-out title word ("doctor", "miss") these make it an ordinary
+# noun or verb: "another doctor covers her", "so you don't miss anything".
+_TITLE_AS_NOUN = re.compile(
+    r"(?:\b(?:the|a|an|another|other|your|my|our|his|her|their|this|that|same|new|covering|family|primary"
+    r"|any|every|no)|'s)\s+$", re.IGNORECASE)
+_MISS_AS_VERB = re.compile(r"(?:\b(?:to|not|never|will|would|could|might|can|may|you|we|they|i|also|really"
+                           r"|don't|didn't|won't)|n't|'ll)\s+$", re.IGNORECASE)
+
 # Brands that look like a title plus a name.
 _BRANDS = frozenset({"mr coffee", "mr clean", "dr pepper", "dr martens", "dr scholl", "mr potato",
                      "mr peanut", "dr. pepper", "mr. coffee", "mr. clean", "dr. martens"})
 
 _CAP = r"[A-Z](?:'[A-Z])?[a-z]+(?:[A-Z][a-z]+)?(?:-[A-Z][a-z]+)?"
 _ANYWORD = r"[A-Za-z](?:'[A-Za-z])?[a-z]*(?:-[A-Za-z][a-z]+)?"
-_TITLE_RE = re.compile(r"\b(?P<title>mr|mrs|ms|miss|mx|dr|mister|missus|doctor|prof|professor)\.?\s+"
-                       rf"(?P<name>{_ANYWORD})(?:\s+(?P<name2>{_CAP}))?", re.IGNORECASE)
+# Only the abbreviations take a full stop ("Dr. Yates"); "miss." ends a sentence.
+_TITLE_RE = re.compile(r"\b(?:(?P<abbr>mr|mrs|ms|mx|dr|prof)\.?"
+                       r"|(?P<word>miss|mister|missus|doctor|professor))\s+"
+                       rf"(?P<name>{_ANYWORD})(?:\s+(?P<name2>{_ANYWORD}))?", re.IGNORECASE)
 _STRONG_TRIGGER = re.compile(r"\b(?:my\s+name\s+is|my\s+name's|name's|name\s+is|names\s+is)\s+",
                              re.IGNORECASE)
 _MEDIUM_TRIGGER = re.compile(
@@ -66,13 +87,14 @@ _MEDIUM_TRIGGER = re.compile(
     r"|speak\s+(?:to|with)|spoke\s+(?:to|with)|talked\s+to|call\s+me|talking\s+to|ask\s+for|transfer\s+you\s+to"
     r"|on\s+behalf\s+of|hi|hello|hey|thanks|thank\s+you|bye|goodbye|dear)"
     r"(?:,?\s+(?:my|our|his|her)\s+(?:husband|wife|mother|father|mom|dad|son|daughter|sister|brother"
-    r"|partner|boss|friend)\s*,?)?,?\s+",
+    r"|partner|boss|friend)\s*,?)?,?\s+(?:(?:uh|um|umm|er|erm)\s+)*",
     re.IGNORECASE)
 _PAIR_TRIGGER = re.compile(r"(?:i'm|i\s+am|im|am\s+i\s+speaking\s+with|speaking\s+with|speak\s+(?:to|with)"
                            r"|spoke\s+(?:to|with)|talked\s+to|talking\s+to|ask\s+for|transfer\s+you\s+to"
                            r"|on\s+behalf\s+of|dear)\b|\w+\s*,?\s+(?:my|our|his|her)\s", re.IGNORECASE)
 # "Santa Clara", "St. Louis", "Fort Myers": a first name inside a place name.
-_PLACE_PREFIX = re.compile(r"(?:san|santa|saint|st\.?|fort|ft\.?|port|mount|mt\.?|lake|new|los|las|el|la|cape)\s+$",
+_PLACE_PREFIX = re.compile(r"(?:san|santa|saint|st\.?|fort|ft\.?|port|mount|mt\.?|lake|new|los|las|el|la"
+                           r"|cape)\s+$",
                            re.IGNORECASE)
 _WORD_AT = re.compile(rf"{_ANYWORD}")
 _CAP_WORD_RE = re.compile(rf"\b{_CAP}\b")
@@ -92,18 +114,30 @@ def _is_name_word(word: str, *, lowercase_ok: bool) -> bool:
 
 
 _SPACES = re.compile(r"[ \t]+")
+_FILLERS = frozenset({"uh", "um", "umm", "er", "erm", "ah"})
 
 
 def _extend_surname(text: str, first: re.Match[str], lowercase_ok: bool, max_extra: int = 1) -> int:
     """End offset after up to ``max_extra`` surname words following ``first``."""
     end = first.end()
-    for _ in range(max_extra):
+    taken = 0
+    while taken < max_extra:
+        taken += 1
         m = _SPACES.match(text, end)
         nxt = _word_at(text, m.end()) if m else None
         if not nxt:
             break
         w = nxt.group()
-        if w.lower() in _NOT_SURNAME or w.lower() in _STOP or len(w) < 2:
+        if w.lower() in _FILLERS:
+            # "derek um derek hollins": skip a filler when the name is repeated after it
+            m2 = _SPACES.match(text, nxt.end())
+            again = _word_at(text, m2.end()) if m2 else None
+            if not again or again.group().lower() != first.group().lower():
+                break
+            nxt, w = again, again.group()
+        if w.lower() == first.group().lower() and max_extra == 1:
+            max_extra += 1  # "ramon ramon ortega": a stutter, the surname comes next
+        if w.lower() in _NOT_SURNAME or w.lower() in _STOP or w.lower() in _BUSINESS or len(w) < 2:
             break
         if not (w[0].isupper() or (lowercase_ok and first.group()[0].islower())):
             break
@@ -119,18 +153,194 @@ def _capitalised_pair(text: str, first: re.Match[str]) -> bool:
     return _extend_surname(text, first, lowercase_ok=False) > first.end()
 
 
+def _lowercase_transcript(text: str) -> bool:
+    """ASR output without capitals, where a lowercase word may still be a name."""
+    return not any(ch.isupper() for ch in re.sub(r"\bI\b", "", text))
+
+
+def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a span to whole words: "Tom" in "Tomás" is not a name of its own."""
+    while end < len(text):
+        ch = text[end]
+        if ch in "'’":  # O'Brien goes on; Hoffman's and Dev'll stop
+            if not (end + 1 < len(text) and text[end + 1].isupper()):
+                break
+        elif not ch.isalpha():
+            break
+        end += 1
+    while start > 0 and text[start - 1].isalpha():
+        start -= 1
+    return start, end
+
+
+# How agents introduce themselves: "this is Steve, how can I help", "I'm Mei
+# from Kestrel Mobile", "my name is Raj". One capitalised word right after the
+# trigger and right before a comma, "speaking", "with", "from" ... is a first
+# name even when it is not in our list. ("it's" is left out: "it's Visa.")
+_INTRO = re.compile(r"\b(?:this\s+is|i'm|i\s+am|my\s+name\s+is|my\s+name's|name's|speaking\s+with)\s+"
+                    r"(?:(?:uh|um|er)\s+)*(?P<name>[A-Z][^\W\d_]+(?:-[A-Z][^\W\d_]+)?)"
+                    r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|with|from|at|in|on)\b)", re.IGNORECASE)
+_NOT_INTRO = _wordset("""
+sorry glad happy calling fine good great okay ok back here there just also still not new trying
+looking going ready done sure afraid confused frustrated upset wondering canadian american
+mr mrs ms mx dr miss mister missus doctor prof professor
+""")
+# "I'm Lark, the Larkspur virtual assistant", "I'm LakeBot": a bot's name is not PII.
+_BOT_AFTER = re.compile(r"[^.!?]{0,40}\b(?:virtual|digital|automated|ai)\s+(?:assistant|agent)"
+                        r"|[\s,]+(?:a|the|your)\s+(?:chat)?bot\b", re.IGNORECASE)
+
+
+# "my husband, Raj Kumar, is on the account": a relation names the person after it.
+_RELATION = re.compile(r"\b(?:my|our|his|her|their|your)\s+(?:husband|wife|spouse|partner|mother|father|mom"
+                       r"|dad|son|daughter|sister|brother|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece"
+                       r"|nephew|cousin|fiancée?|boyfriend|girlfriend)\s*,?\s+"
+                       r"(?P<name>[A-Z][a-z]+(?:['’-][A-Z]?[a-z]+)?(?:\s+[A-Z][a-z]+(?:['’-][A-Z]?[a-z]+)?)?)",
+                       re.IGNORECASE)
+# "Hi Jolene," opening a message, "Best,\nTomás Rivera" signing it.
+_GREETING = re.compile(r"(?:^|\n|[.!?]\s+)(?:hi|hello|hey|dear|thanks|thank\s+you)[ \t]+(?P<name>[A-Z][a-z]+)"
+                       r"(?=[ \t]*(?:[,!:]|\n|$))", re.IGNORECASE)
+_SIGNATURE = re.compile(r"(?:thanks|thank\s+you|best|regards|cheers|sincerely|kind\s+regards|best\s+regards"
+                        r"|warmly)[ \t]*,?[ \t]*\n[ \t]*"
+                        r"(?P<name>[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2})[ \t]*(?=\n|$)",
+                        re.IGNORECASE)
+
+
 def find_persons(text: str) -> list[tuple[int, int]]:
+    spans = [_whole_word(text, s, e) for s, e in _find_persons(text)]
+    return [(s, e) for s, e in spans if e > s]
+
+
+# "Can I have your name?", "What's your son's name?", "Who am I speaking with?"
+NAME_QUESTION = re.compile(r"\b(?:(?:your|his|her|their|the\s+\w+'s|\w+'s)\s+"
+                           r"(?:full\s+|first\s+|last\s+)?name"
+                           r"|name\s+(?:please|on\s+the)|who\s+(?:am\s+i|do\s+i\s+have|is\s+this|i'm)"
+                           r"|pleasure\s+of\s+speaking)", re.IGNORECASE)
+_ANSWER_LEAD = re.compile(r"\s*(?:(?:yes|yeah|sure|okay|ok|hi|hello|um|uh|so)[,.!]?\s+)*"
+                          r"(?:(?:it's|its|this\s+is|i'm|it\s+is)\s+)?")
+_NAME_WORD = r"[A-Z][a-z]+(?:['’-][A-Z]?[a-z]+)?"
+_ANSWER_NAME = re.compile(rf"(?P<name>{_NAME_WORD}(?:\s+{_NAME_WORD}){{1,2}})(?=\s*(?:[,.;!?(]|$|\s+and\b))")
+
+
+def answer_name(text: str) -> tuple[int, int] | None:
+    """The name that opens an answer to a name question: "Oliver Grant, yes he sees ..."."""
+    lead = _ANSWER_LEAD.match(text)
+    m = _ANSWER_NAME.match(text, lead.end() if lead else 0)
+    if not m:
+        return None
+    words = m.group("name").split()
+    if any(w.lower() in _STOP or w.lower() in _NOT_SURNAME or w.lower() in _BUSINESS for w in words):
+        return None
+    return m.span("name")
+
+
+def name_words(span_text: str) -> set[str]:
+    """The words of a detected name worth looking for elsewhere in the conversation."""
+    out = set()
+    for w in re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)?", span_text):
+        low = w.lower()
+        if len(low) < 2 or low in _STOP or low in _NOT_SURNAME or low in _BUSINESS:
+            continue
+        out.add(low)
+    return out
+
+
+# Given names that are also everyday lowercase words ("they tried to rob me").
+_WORDLIKE_NAMES = _wordset("""
+rob jack ash angel earl lance roman noel mercedes kay jo ken dale glen al homer otis chase bob sally
+pat sue rose guy hunter carol drew jay ray rich will bill mark faith hope joy dawn grace ivy iris
+""")
+
+
+_ROLE_WORDS = _wordset("""
+agent customer caller member representative rep supervisor manager ivr bot system operator assistant human
+user client patient speaker unknown person guest accounts advisor support team desk care services service
+billing claims sales specialist technician tech nurse doctor dr receptionist front office virtual
+""")
+
+
+def speaker_name_words(label: str) -> set[str]:
+    """Words of a speaker label that name a person ("Priya Natarajan", "Mina"), not a role ("Agent 2")."""
+    words = re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)?", label)
+    if not words or len(words) > 3 or any(not w[0].isupper() for w in words):
+        return set()
+    if any(w.lower() in _ROLE_WORDS or w.lower() in _BUSINESS or w.lower() in _STOP for w in words):
+        return set()
+    return name_words(label)
+
+
+_UNICODE_WORD = re.compile(r"[^\W\d_]+")
+_KNOWN_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+def _sentence_start(text: str, pos: int) -> bool:
+    before = text[max(0, pos - 40):pos]
+    stripped = before.rstrip(" \t")
+    return (not stripped.strip() and pos < 40) or stripped.endswith((".", "!", "?", "\n"))
+_NUMBERISH_AFTER = re.compile(r"\s+(?:\d|(?:the\s+)?(?:first|second|third|fourth|fifth|sixth|seventh|eighth"
+                              r"|ninth|tenth|eleventh|twelfth|\w+teenth|twentieth|thirtieth|twenty|thirty|one|two|three|four|five"
+                              r"|six|seven|eight|nine|ten)\b)", re.IGNORECASE)
+_DATE_WORD_BEFORE = re.compile(r"\b(?:in|on|of|since|until|by|from|through|last|next|this|early|late|mid"
+                               r"|before|after)\s+$", re.IGNORECASE)
+
+
+def find_known_names(text: str, known: set[str]) -> list[tuple[int, int]]:
+    """Every other mention of a name already found in the conversation: "Hi Dev",
+    "Jordan filled me in", "the Keller residence". A capitalised neighbour joins
+    it ("Mateo Morales" once "Morales" is known)."""
+    if not known:
+        return []
+    lowercase = _lowercase_transcript(text)
+    spans = []
+    for m in _KNOWN_WORD.finditer(text):
+        w = m.group()
+        low = re.sub(r"['’]s$", "", w.lower())
+        if low not in known or not (w[0].isupper() or lowercase):
+            continue
+        before = text[max(0, m.start() - 12):m.start()]
+        after = text[m.end():m.end() + 25]
+        if low in AMBIGUOUS_NAMES or low in FIRST_NAMES and low in _STOP:
+            # "Will do.", "May I ...", "June first", "in April": the word, not the name.
+            nxt = re.match(r"\s+([a-z']+)", after)
+            if _sentence_start(text, m.start()) and nxt and nxt.group(1) in _STOP:
+                continue
+            if _NUMBERISH_AFTER.match(after) or _DATE_WORD_BEFORE.search(before):
+                continue
+        start, end = m.start(), m.start() + len(low)
+        prev = re.search(r"(?:^|(?<=\s))([A-Z][a-z]+)\s+$", text[max(0, start - 30):start])
+        if prev and not lowercase:
+            pw = prev.group(1).lower()
+            pstart = start - (len(text[max(0, start - 30):start]) - prev.start(1))
+            if pw not in _STOP and pw not in _NOT_SURNAME and pw not in _BUSINESS and pw not in _NOT_INTRO:
+                start = pstart
+        nm = _UNICODE_WORD.match(text, m.start())
+        if nm and nm.end() == m.start() + len(low) and not lowercase:
+            end = max(end, _extend_surname(text, nm, lowercase_ok=False))
+        spans.append((start, end))
+    return spans
+
+
+def _find_persons(text: str) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
+    lowercase = _lowercase_transcript(text)
     for m in _TITLE_RE.finditer(text):
         name = m.group("name")
-        key = f"{m.group('title').lower()} {name.lower()}"
+        title = m.group("abbr") or m.group("word")
+        key = f"{title.lower()} {name.lower()}"
         if key in _BRANDS or key.replace(".", "") in _BRANDS:
             continue
-        if name.lower() in _STOP or len(name) < 2:
+        if name.lower() in _STOP or name.lower() in _NOT_SURNAME or len(name) < 2:
             continue
-        if not (name[0].isupper() or m.group("title").islower()):
+        # In ordinary text a name is capitalised; only an all-lowercase (ASR)
+        # transcript lets "mister simmons" through.
+        if not (name[0].isupper() or lowercase):
             continue
-        end = m.end("name2") if m.group("name2") and m.group("name2").lower() not in _NOT_SURNAME else m.end("name")
+        before = text[max(0, m.start() - 25):m.start()]
+        if m.group("word") and (_TITLE_AS_NOUN.search(before)
+                                or (title.lower() == "miss" and _MISS_AS_VERB.search(before))):
+            continue
+        end = m.end("name")
+        name2 = m.group("name2")
+        # A second word joins only when it is capitalised: "Dr. Mensah now" is not a surname.
+        if name2 and name2[0].isupper() and name2.lower() not in _NOT_SURNAME and name2.lower() not in _STOP:
+            end = m.end("name2")
         spans.append((m.start("name"), end))
     for m in _STRONG_TRIGGER.finditer(text):
         first = _word_at(text, m.end())
@@ -144,13 +354,47 @@ def find_persons(text: str) -> list[tuple[int, int]]:
         low = w.lower()
         if low in FIRST_NAMES:
             spans.append((first.start(), _extend_surname(text, first, lowercase_ok=True)))
-        elif low in AMBIGUOUS_NAMES and w[0].isupper() and not re.match(r"\s+(?:\d|the\b)", text[first.end():]):
+        elif (low in AMBIGUOUS_NAMES and w[0].isupper()
+              and not re.match(r"\s+(?:\d|the\b)", text[first.end():])):
             spans.append((first.start(), _extend_surname(text, first, lowercase_ok=False)))
         elif _PAIR_TRIGGER.match(m.group()) and _capitalised_pair(text, first):
             # Not after "this is"/"it's": "this is Wells Fargo" is how businesses answer.
             spans.append((first.start(), _extend_surname(text, first, lowercase_ok=False)))
+    for m in _INTRO.finditer(text):
+        w = m.group("name")
+        low = w.lower()
+        if not w[0].isupper() or low in _STOP or low in _NOT_SURNAME or low in _BUSINESS or low in _NOT_INTRO:
+            continue
+        if low.endswith("bot") or _BOT_AFTER.match(text, m.end("name")):
+            continue
+        spans.append((m.start("name"), m.end("name")))
+    for rx in (_GREETING, _SIGNATURE, _RELATION):
+        for m in rx.finditer(text):
+            words = m.group("name").split()
+            if not all(w[0].isupper() for w in words):
+                continue
+            if rx is _RELATION and re.match(r"(?:our|their)\s+partner", m.group(), re.IGNORECASE):
+                continue  # "our partner, Atlantica": a business partner
+            if any(w.lower() in _STOP or w.lower() in _NOT_SURNAME or w.lower() in _BUSINESS
+                   or w.lower() in _NOT_INTRO for w in words):
+                continue
+            spans.append(m.span("name"))
+    if lowercase:
+        # ASR text has no capitals to go by; a given name from the list (not
+        # one that is also a word: "will", "grace", "june") is still a name.
+        for m in re.finditer(r"[a-z]+", text):
+            w = m.group()
+            if w in FIRST_NAMES and w not in _STOP and w not in _WORDLIKE_NAMES and len(w) >= 3:
+                spans.append(m.span())
     for m in _CAP_WORD_RE.finditer(text):
-        if m.group().lower() in FIRST_NAMES and not _PLACE_PREFIX.search(text[max(0, m.start() - 7):m.start()]):
+        place = _PLACE_PREFIX.search(text[max(0, m.start() - 7):m.start()])
+        if m.group().lower() in FIRST_NAMES and not place:
+            if _DETERMINER_BEFORE.search(text[max(0, m.start() - 8):m.start()]):
+                continue
+            nxt = _SPACES.match(text, m.end())
+            nxt_word = _word_at(text, nxt.end()) if nxt else None
+            if nxt_word and nxt_word.group()[0].isupper() and nxt_word.group().lower() in _BUSINESS:
+                continue
             spans.append((m.start(), _extend_surname(text, m, lowercase_ok=False)))
     for m in _SPELLED_RE.finditer(text):
         near_name = any(0 <= m.start() - e <= 40 for _, e in spans)

@@ -22,6 +22,7 @@ EXPIRY = "EXPIRY"
 EMAIL_CUE = "EMAIL"
 IBAN_CUE = "IBAN"
 CARD = "CARD"
+AMOUNT = "AMOUNT"
 
 # Order matters where phrases overlap: alternatives are tried left to right at
 # each position, so the longer/more specific phrase must come first.
@@ -29,24 +30,40 @@ _CUE_SPECS: list[tuple[str, str]] = [
     (CVV, (r"security\s+code|cvv2?|cvc2?|card\s+verification(?:\s+(?:value|code|number))?"
           r"|(?:three|four|3|4)[\s-]digit\s+(?:security\s+)?code"
           r"|(?:(?:code|numbers?|digits)\s+)?on\s+the\s+(?:back|front)(?:\s+of\s+(?:the|my|your)\s+card)?"
-          r"|back\s+of\s+(?:the|my|your)\s+card|(?<!zip )(?<!area )(?<!promo )(?<!postal )(?<!access )\bcode")),
-    (EXPIRY, r"exp(?:\.|iry|ires|ired|iration|iring)?|valid\s+(?:thru|through|until)|good\s+(?:thru|through)"),
+          r"|back\s+of\s+(?:the|my|your)\s+card"
+          r"|(?<!zip )(?<!area )(?<!promo )(?<!postal )(?<!access )\bcode")),
+    (EXPIRY, (r"exp(?:\.|iry|ires|ired|iration|iring)?|valid\s+(?:thru|through|until)"
+              r"|good\s+(?:thru|through)")),
     (ROUTING_NUMBER, r"routing(?:\s+(?:number|no\.?|#))?|aba|transit(?:\s+number)?"),
     (IBAN_CUE, r"iban"),
-    (SSN, r"social\s+security(?:\s+(?:number|no\.?|#))?|social(?:'s)?|ssn|taxpayer\s+id|tax\s+id|itin"),
+    # Not "social media", "social worker" or the card itself ("her Social Security card").
+    (SSN, (r"social\s+security(?:\s+(?:number|no\.?|#))?(?!\s+card)"
+           r"|social(?:'s)?(?!\s+(?:media|worker|security\s+card))|ssn|taxpayer\s+id|tax\s+id|itin")),
     (DATE_OF_BIRTH, r"date\s+of\s+birth|birth\s*date|birthday|born|dob|d\.o\.b\.?"),
     (ACCOUNT_NUMBER, (r"(?:bank\s+)?account(?:\s+(?:number|no\.?|#|num))?|acct\.?(?:\s*#)?"
-                     r"|member\s+(?:id|number)|customer\s+(?:id|number)|policy\s+number|checking|savings")),
+                     r"|member\s+(?:id|number)|customer\s+(?:id|number)|policy\s+number|checking|savings"
+                     r"|(?:driver'?s'?\s+)?licen[cs]e\s+(?:number|no\.?|#)|passport\s+(?:number|no\.?|#)")),
     (CARD, (r"credit\s+card|debit\s+card|card(?:\s+(?:number|num|no\.?|#))?|visa|master\s?card|amex"
            r"|american\s+express|discover|diners(?:\s+club)?|jcb|union\s?pay|long\s+number")),
-    (PHONE, (r"(?:tele)?phone(?:\s+number)?|cell(?:\s+phone)?|mobile|landline|fax|work\s+line|home\s+line"
+    (PHONE, (r"(?:tele)?phone(?:\s+number)?|cell(?:\s+phone)?"
+            r"|mobile(?!\s+(?:app|application|appointment|banking|deposit|device|unit|service|wallet|home))"
+            r"|landline|fax|work\s+line|home\s+line"
             r"|call(?:\s*back|\s+(?:me|you|us|him|her))(?:\s+back)?|reach\s+(?:me|you|us|him|her)"
             r"|contact\s+number|text\s+(?:me|you)|area\s+code|(?:good|best)\s+number")),
     (EMAIL_CUE, r"e-?mail"),
-    (NEG, (r"order|confirmation|conf\.?|tracking|flight|case\s+(?:number|no\.?|#|id)|ticket|reference|ref\.?"
+    # One-time and booking codes, and "ending in 4444" (a last four, not the number).
+    (NEG, (r"(?:confirmation|verification|activation|access|promo|discount|coupon|gift|login|sign[\s-]in"
+          r"|one[\s-]time|two[\s-](?:step|factor)|2[\s-](?:step|factor)|six[\s-]digit|6[\s-]digit|text(?:ed)?)"
+          r"\s+(?:pass)?code|pass\s*code|otp|end(?:ing|s)\s+(?:in|with)|group(?:\s+(?:number|no\.?|#))?"
+          r"|order|confirmation|conf\.?|tracking|flight|case\s+(?:number|no\.?|#|id)|ticket|reference|ref\.?"
           r"|invoice|model|serial|claim|booking|reservation|sku|p\.?o\.?|room|gate|seat|store|version|zip"
           r"|postal|extension|ext\.?|pin|promo|coupon|voucher|receipt|transaction|suite|apt|apartment"
           r"|street|avenue|plan|press")),
+    # Money said around a number ("a draft of one forty-three twenty-five"). Vetoes
+    # only within its own turn: an earlier "refund" says nothing about the next answer.
+    (AMOUNT, (r"(?:payment|draft|balance|charge|fee|refund|credit|total|premium|price|cost|deposit"
+              r"|installment|amount|bill)s?\s+(?:of|is|was|would\s+be|will\s+be|comes\s+to)|refunded(?:\s+the)?|comes\s+to"
+              r"|works\s+out\s+to")),
 ]
 _CUE_KINDS = [k for k, _ in _CUE_SPECS]
 CUE_RE = re.compile("|".join(f"(?P<c{i}>(?<![\\w-])(?:{p})(?![\\w]))" for i, (_, p) in enumerate(_CUE_SPECS)),
@@ -56,12 +73,29 @@ _POST_CUE = re.compile(r"\W{0,3}(?:is|are|was|that's|as)\s+(?:the|my|our|his|her
                        re.IGNORECASE)
 
 
+# "the PIN on the account", "the address on your account": the account is where
+# the thing lives, not what is being read out. Same for "it's on the card" /
+# "let me get the card out", where the card is the object being read from.
+_DET = r"(?:the|your|my|this|that|our|his|her|their)"
+_ACCOUNT_AS_PLACE = re.compile(rf"\bon\s+{_DET}\s+$", re.IGNORECASE)
+_CARD_AS_OBJECT = re.compile(rf"\b(?:on|off|from|get|grab|find)\s+{_DET}\s+$", re.IGNORECASE)
+_CARD_OUT_AFTER = re.compile(r"\s+out\b", re.IGNORECASE)
+
+
 def cues_in(text: str) -> list[tuple[int, int, str]]:
     """All cue matches in ``text`` as (start, end, kind)."""
     out = []
     for m in CUE_RE.finditer(text):
         idx = int(m.lastgroup[1:])  # type: ignore[index]
-        out.append((m.start(), m.end(), _CUE_KINDS[idx]))
+        kind = _CUE_KINDS[idx]
+        word = m.group().lower()
+        if kind in (ACCOUNT_NUMBER, CARD) and word in ("account", "card"):
+            before = text[max(0, m.start() - 20):m.start()]
+            if word == "account" and _ACCOUNT_AS_PLACE.search(before):
+                continue
+            if word == "card" and (_CARD_AS_OBJECT.search(before) or _CARD_OUT_AFTER.match(text, m.end())):
+                continue
+        out.append((m.start(), m.end(), kind))
     return out
 
 
@@ -92,7 +126,9 @@ RUN_RE = re.compile(rf"(?<![A-Za-z0-9_])(?:\+[ \t]?)?{_UNIT}(?:(?:{_SEP}){_UNIT}
                     re.IGNORECASE)
 _AMOUNT_BEFORE = re.compile(r"[$£€¥]\s*$")
 _AMOUNT_AFTER = re.compile(r"\s*(?:dollars?|bucks|cents?|percent|%|pounds?|euros?|usd|k\b|grand|gigs?|gb|mb"
-                           r"|minutes?|hours?|days?|weeks?|months?|years?|times|am\b|pm\b|o'clock)",
+                           r"|megs?\b|megabits?|mbps|gigabits?|gbps|kbps|miles?\b|points\b|per\b|each\b"
+                           r"|a\s+(?:month|year|week|day|night)\b|/\s*(?:mo|month|yr|year)\b"
+                           r"|minutes?|hours?|days?|weeks?|months?|years?|times|am\b|pm\b|a\.m\.|p\.m\.|o'clock)",
                            re.IGNORECASE)
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d{1,2})?")
 _PAREN_CODE_START = re.compile(r"\(\d{1,4}\)")
@@ -181,7 +217,7 @@ STRONG = 2
 WEAK = 1
 
 
-VETO = (NEG, EXPIRY, EMAIL_CUE)
+VETO = (NEG, EXPIRY, EMAIL_CUE, AMOUNT)
 
 
 def looks_like_expiry(run: Run) -> bool:
@@ -238,6 +274,16 @@ def classify(run: Run, cue: str | None) -> tuple[str | None, int]:
         return SSN, STRONG
     if cue == ROUTING_NUMBER and n == 9:
         return ROUTING_NUMBER, STRONG
+    # A shape says more than "account" said somewhere before it: a written
+    # 3-2-4 number is an SSN, (206) 555-0149 / 415-555-0178 / "six oh eight,
+    # five five five, oh one four seven" a phone number. (Spoken pauses are too
+    # loose for the SSN shape: "X W H, four four zero, nine one, two two seven six".)
+    nanp = _nanp(d) or (n == 11 and d[0] == "1" and _nanp(d[1:]))
+    formatted_phone = nanp and (run.paren or run.groups in ((3, 3, 4), (1, 3, 3, 4)))
+    if cue == ACCOUNT_NUMBER and run.groups == (3, 2, 4) and not run.spoken:
+        return SSN, STRONG
+    if cue == ACCOUNT_NUMBER and formatted_phone:
+        return PHONE, STRONG
     if cue == ACCOUNT_NUMBER and 5 <= n <= 20:
         return ACCOUNT_NUMBER, STRONG
     if cue == DATE_OF_BIRTH and _date_digits(d):
@@ -250,9 +296,8 @@ def classify(run: Run, cue: str | None) -> tuple[str | None, int]:
         return PHONE, STRONG
     if run.groups == (3, 2, 4):
         return SSN, STRONG
-    if _nanp(d) or (n == 11 and d[0] == "1" and _nanp(d[1:])):
-        formatted = run.paren or run.groups in ((3, 3, 4), (1, 3, 3, 4))
-        return PHONE, STRONG if (formatted or run.spoken) else WEAK
+    if nanp:
+        return PHONE, STRONG if (formatted_phone or run.spoken) else WEAK
     if n == 11 and d[0] == "0" and len(run.groups) >= 2 and d[1] in "12378":
         return PHONE, WEAK  # UK national format, e.g. 020 7946 0958 / 07700 900123
     if run.groups == (3, 4) and d[0] in "23456789":

@@ -26,11 +26,17 @@ def _wordset(words: str) -> frozenset[str]:
 
 _LOCAL_TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?|[._-]|\S")
 _JOINERS = {".", "_", "-", "dot", "period", "underscore", "dash", "hyphen"}
+_CHAR_JOINERS = {".", "_", "-"}
 _LOCAL_STOP = _wordset("""
 is it's its it email e-mail mail address me to at my the a an was send yes yeah sure okay ok and or
 that's thats i i'm be use using his her their our your work personal reach contact via on with from
 please so well just actually new old should would as by for in this that's it’s here there
+cents cent dollars dollar bucks percent euros pounds
 """) | FILLERS
+MAX_LOCAL_WORDS = 2  # "carl jennings sixty-six", "maggie dunleavy": first and last name at most
+# "maggie dunleavy, all one word, at example dot net"
+_LOCAL_ASIDE = re.compile(r"[\s,]*(?:all\s+)?(?:one\s+word|no\s+spaces?|(?:all\s+)?lower\s*case)[\s,]*$",
+                          re.IGNORECASE)
 
 
 def spoken_local_start(text: str, end: int) -> int | None:
@@ -40,6 +46,9 @@ def spoken_local_start(text: str, end: int) -> int | None:
     characters), spelled letters and number words, stopping at words that
     introduce the address ("is", "email", "it's" ...).
     """
+    aside = _LOCAL_ASIDE.search(text, 0, end)
+    if aside and aside.start() < end:
+        end = aside.start()
     toks = list(_LOCAL_TOKEN.finditer(text, 0, end))
     start = None
     plain_words = 0
@@ -50,6 +59,8 @@ def spoken_local_start(text: str, end: int) -> int | None:
         gap = text[m.end():right_start]
         if gap.strip():
             break
+        if w in _CHAR_JOINERS and (gap or m.start() == 0 or text[m.start() - 1].isspace()):
+            break  # "Chen. Victor": a full stop, not the dot of "jay.park"
         if w in _JOINERS:
             if right_kind in (None, "joiner"):
                 break
@@ -62,10 +73,12 @@ def spoken_local_start(text: str, end: int) -> int | None:
             kind = "letter"
         elif w in NUMBER_WORDS or w.isdigit():
             kind = "num"
+        elif right_kind == "letter":
+            break  # "shows t dot nguyen": a spoken initial starts the address
         else:
-            if right_kind in ("word", "num", "letter"):
+            if right_kind != "joiner":
                 plain_words += 1
-            if plain_words >= 2:
+            if plain_words > MAX_LOCAL_WORDS:
                 break
             kind = "word"
         start, right_kind, right_start = m.start(), kind, m.start()
@@ -156,10 +169,12 @@ _SPOKEN_YEAR = (rf"(?:nineteen|twenty)[\s-](?:(?:oh|o|zero)[\s-](?:{_UNIT_W})|{_
                 rf"|(?:{_TENS_W})(?:[\s-](?:{_UNIT_W}))?|hundred)"
                 rf"|two\s+thousand(?:\s+and)?(?:[\s-](?:{_TEEN_W}|(?:{_TENS_W})(?:[\s-](?:{_UNIT_W}))?|{_UNIT_W}))?")
 _YEAR = rf"(?:(?:19|20)\d\d|'\d\d|{_SPOKEN_YEAR}|(?:{_TENS_W})[\s-](?:{_UNIT_W})|(?:{_TENS_W}))"
+# "march third ninety one, uh, nineteen ninety one": the year said again in full.
+_RESTATED_YEAR = rf"(?:[\s,]+(?:(?:uh|um|i\s+mean)[\s,]+)?(?:{_SPOKEN_YEAR}|(?:19|20)\d\d)(?![\w/]))?"
 DATE_RE = re.compile(
     rf"(?<![\w/.-])(?:"
-    rf"{_MONTH}\s+(?:the\s+)?{_DAY}(?:\s*,?\s*(?:of\s+)?{_YEAR})?"
-    rf"|(?:the\s+)?{_DAY}\s+(?:of\s+)?{_MONTH}(?:\s*,?\s*{_YEAR})?"
+    rf"{_MONTH}\s+(?:the\s+)?{_DAY}(?:\s*,?\s*(?:of\s+)?{_YEAR}{_RESTATED_YEAR})?"
+    rf"|(?:the\s+)?{_DAY}\s+(?:of\s+)?{_MONTH}(?:\s*,?\s*{_YEAR}{_RESTATED_YEAR})?"
     rf"|[01]?\d[/.-][0-3]?\d[/.-](?:\d{{4}}|\d{{2}})"
     rf"|(?:19|20)\d\d-[01]\d-[0-3]\d"
     rf")(?![\w/])",
@@ -178,15 +193,19 @@ _DIR = r"(?:north|south|east|west|n|s|e|w|ne|nw|se|sw)\.?"
 _ADDR_STOP = (r"the|a|an|to|of|on|in|at|for|from|by|and|or|but|my|your|our|his|her|their|this|that|is|are|was"
               r"|were|be|it|its|i|we|you|they|he|she|down|up|over|off|out|about|around|across|along|past|via"
               r"|minutes?|hours?|days?|weeks?|months?|years?|times?|dollars?|bucks|items?|people|kids|miles?"
-              r"|blocks?|gigs?|more|less|other|same|new|old|just|only")
+              r"|blocks?|gigs?|more|less|other|same|new|old|just|only|per|each|every|both|all|some|any|one|with"
+              r"|am|pm|a\.m|p\.m|seats?|nights?|points|thousand|hundred")
 # Suffix words may be part of the name ("Oak Ridge Road", "Park Avenue").
 _NAME = rf"(?!(?:{_ADDR_STOP})\b)(?:[A-Za-z][A-Za-z'’-]*|\d+(?:st|nd|rd|th))"
-_HOUSE = r"\d{1,6}[A-Za-z]?|\d{1,2} \d{2}|\d(?: \d){1,4}"
-_UNIT_PART = r"(?:,?\s*(?:apt|apartment|unit|suite|ste|fl|floor|#)\.?\s*#?\s*[A-Za-z0-9-]{1,5}\b)"
+# Spoken house numbers arrive as digit groups: "sixteen oh two" -> "16 0 2".
+_HOUSE = r"\d{1,6}[A-Za-z]?|\d{1,2}(?: \d{1,2}){1,2}(?![ ]\d)|\d(?: \d){1,4}"
+# "Apt 3B", "unit 12", "apartment four b" -> "4 b", "number 6"
+_UNIT_PART = (r"(?:,?\s*(?:apt|apartment|unit|suite|ste|fl|floor|number|no\.|#)\.?\s*#?\s*"
+              r"(?:\d{1,4}[ ]?(?:[B-HJ-Zb-hj-z]\b|[AaIi]\b(?![ ]?[A-Za-z]))|[A-Za-z0-9-]{1,5}\b))")
 ADDRESS_RE = re.compile(
-    rf"(?<![\w.,-])(?:{_HOUSE})\s+(?:{_DIR}\s+)?{_NAME}(?:\s+{_NAME}){{0,3}}(?:\s+(?:jr|sr)\.?)?"
+    rf"(?<![\w.,:$£€/-])(?:{_HOUSE})\s+(?:{_DIR}\s+)?{_NAME}(?:\s+{_NAME}){{0,3}}(?:\s+(?:jr|sr)\.?)?"
     rf"\s+(?:{_SUFFIX})\b\.?(?:\s+(?:ne|nw|se|sw|n|s|e|w)\b\.?)?{_UNIT_PART}?"
-    rf"|(?<![\w.])p\.?\s?o\.?\s+box\s+\d{{1,6}}\b",
+    rf"|(?<![\w.])p\.?\s?o\.?\s+box\s+\d{{1,6}}(?:[ ]\d{{1,6}}){{0,5}}\b",
     re.IGNORECASE)
 
 
@@ -201,7 +220,76 @@ def find_addresses(norm_text: str) -> list[tuple[int, int]]:
     return out
 
 
+# ---------------------------------------------------------------- spelled letters
+_SPELL_TOK = re.compile(r"[A-Za-z]+|\d")
+_SPELL_GAP = re.compile(r"[ \t]*(?:,[ \t]*|-|\.[ \t]*)?[ \t]*")
+_DIGIT_VALUES = {"zero": "0", "oh": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                 "six": "6", "seven": "7", "eight": "8", "nine": "9"}
+MIN_SPELLED = 3
+
+
+def spelled_sequences(text: str, *, digits: bool = False) -> list[tuple[int, int, str]]:
+    """Runs of single letters said one by one ("F, I, S, K", "H A R M O N",
+    "W-A-L-S-H"), optionally with digits ("K, W, A, L, S, H, seven, four").
+    Returns (start, end, the letters and digits joined)."""
+    out: list[tuple[int, int, str]] = []
+    cur: list[tuple[int, int, str]] = []
+
+    def flush() -> None:
+        if sum(1 for _, _, c in cur if c.isalpha()) >= MIN_SPELLED:
+            out.append((cur[0][0], cur[-1][1], "".join(c for _, _, c in cur)))
+        cur.clear()
+
+    for m in _SPELL_TOK.finditer(text):
+        w = m.group()
+        if len(w) == 1 and w.isalpha():
+            ch = w
+        elif digits and (w.isdigit() or w.lower() in _DIGIT_VALUES):
+            ch = w if w.isdigit() else _DIGIT_VALUES[w.lower()]
+        else:
+            flush()
+            continue
+        if cur and not _SPELL_GAP.fullmatch(text[cur[-1][1]:m.start()]):
+            flush()
+        cur.append((m.start(), m.end(), ch))
+    flush()
+    return out
+
+
+# Spelled letters in front of a number are part of the id: "policy B W A nine
+# one one four two six", "X W H, four four zero ...", "C A dash seven seven ...".
+_PREFIX_PART = re.compile(r"(?:(?<![\w'])(?P<letter>[A-Za-z])"
+                          r"|(?<![\w'])(?P<caps>[A-Z]{2,4}|[A-Z]{1,4}\d{1,6})"
+                          r"|\b(?P<dash>dash)|(?P<hyphen>-))[ \t]*,?[ \t]*$")
+_NOT_A_PREFIX = frozenset({"ID", "PIN", "SSN", "DOB", "ABA", "IBAN", "CVV", "EXP", "NO", "OK", "IS", "MY",
+                           "IT"})
+
+
+def id_prefix_start(text: str, start: int) -> int:
+    """Start of an id that begins with spelled letters before the digits at ``start``."""
+    pos, letters, caps = start, 0, 0
+    new_start = start
+    while pos > 0:
+        m = _PREFIX_PART.search(text, 0, pos)
+        if not m:
+            break
+        if m.group("letter"):
+            letters += 1
+        elif m.group("caps"):
+            if caps or m.group("caps") in _NOT_A_PREFIX:
+                break
+            caps += 1
+        pos = m.start()
+        if m.group("letter") or m.group("caps"):
+            new_start = pos
+    if letters >= 2 or caps:
+        return new_start
+    return start
+
+
 # ---------------------------------------------------------------- ids
 # Alphanumeric identifiers ("XJH448120931", "CA-448-2210"); typed only by context.
+# Not ordinals: "26th-28th" is a date range.
 ALNUM_ID_RE = re.compile(r"(?<![\w-])(?=[A-Za-z0-9-]{6,}(?![\w-]))(?=(?:[A-Za-z-]*\d){4})(?=[^\s]*[A-Za-z])"
+                         r"(?!\d+(?:st|nd|rd|th)(?:-\d+(?:st|nd|rd|th))*(?![\w-]))"
                          r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?![\w-])")

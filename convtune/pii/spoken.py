@@ -115,8 +115,33 @@ def normalize(text: str) -> Normalized:
             t.digit_text = "+"
         i = (t.consumed_to + 1) if t.consumed_to > i else i + 1
 
+    _mark_interjections(text, toks)
     _resolve_zero_letters(text, toks)
     return _emit(text, toks)
+
+
+def _sentence_start(text: str, pos: int) -> bool:
+    before = text[max(0, pos - 40):pos].rstrip()
+    return (not before and pos < 40) or before.endswith((".", "!", "?", "…", "—", "–"))
+
+
+def _mark_interjections(text: str, toks: list[_Tok]) -> None:
+    """"Oh, one more thing": a sentence-initial "Oh," followed by at most one
+    number word is an exclamation, not a zero ("Oh, seven, eight, ..." still is)."""
+    for idx, t in enumerate(toks):
+        if t.low not in ZERO_LETTERS or idx + 1 >= len(toks) or toks[idx + 1].low != ",":
+            continue
+        if not _sentence_start(text, t.start):
+            continue
+        following = 0
+        for u in toks[idx + 2:]:
+            if u.low in {",", "-"}:
+                continue
+            if u.digit_text is None and u.low not in ZERO_LETTERS:
+                break
+            following += 1
+        if following < 2:
+            t.low = "oh!"  # no longer a zero letter
 
 
 def _tail_after_hundred(toks, next_word, k: int) -> tuple[str, int]:
