@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per conversation")
     p.set_defaults(func=cmd_analytics)
 
+    from convtune.evaluation.cli import add_evaluate_parser
+    from convtune.training.cli import add_train_parser
+
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
+
     model = sub.add_parser("model", help="prepare and inspect base models")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     p = msub.add_parser("prepare", help="resolve a model (converting the packaged GGUF once) and load it")

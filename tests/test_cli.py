@@ -75,7 +75,7 @@ def test_user_mistakes_are_one_line(capsys, argv):
 
 @pytest.mark.parametrize(
     "argv", [[], ["data"], ["data", "import"], ["data", "validate"], ["data", "stats"],
-             ["data", "pii-report"], ["analytics"], ["model", "prepare"]]
+             ["data", "pii-report"], ["analytics"], ["model", "prepare"], ["train"], ["evaluate"]]
 )
 def test_help_on_every_command(capsys, argv):
     with pytest.raises(SystemExit) as exc:

@@ -1,0 +1,625 @@
+"""Batched greedy generation over renderer prompts, KV-cache prefix reuse, constrained labels.
+
+Everything here works on token ids that come from :class:`convtune.renderer.Renderer`;
+no prompt text is built in this module.
+
+The engine (:class:`Rows`) keeps one KV cache for a batch of *rows* (one row per
+conversation being answered). Each row remembers the token ids it has already
+run through the model ("live" tokens). A new prompt for a row is compared with
+them: the longest common prefix is reused from the cache, cached tokens after
+it are masked out (attention mask 0, never deleted: rows share one tensor), and
+only the rest is computed. Positions are counted over live tokens only, so a
+row's tokens see exactly the positions and keys they would see alone; left
+padding and masked-out columns change nothing but float rounding.
+
+Two strategies answer several tasks about one conversation:
+
+* ``independent``: one prompt per (conversation, task), ``renderer.prompt(conv,
+  task.instruction)``. Without cache reuse, prompts are batched across
+  conversations, grouped by task and sorted by length.
+* ``chained``: tasks asked one after another in the same chat; every answered
+  turn carries the model's own previous answer, as a served conversation would.
+  With cache reuse the transcript is computed once per conversation.
+
+Constrained decoding (classification tasks with ``labels``): every allowed
+label's answer, tokenized by the renderer exactly as training renders it
+(including the end-of-turn token), is scored by its log-likelihood given the
+prompt, reusing the prompt's cache; the best label wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from convtune.conversation import Conversation
+from convtune.errors import ConfigError
+from convtune.renderer import Renderer, TaskTurn
+
+STRATEGIES = ("independent", "chained")
+
+# Generation budget per task kind; a task may override with a ``max_new_tokens`` attribute.
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"classification": 16, "structured": 192, "text": 128}
+
+# End-of-turn tokens of common chat templates (used when present in the vocabulary).
+_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def max_new_tokens_for(task: Any, overrides: Mapping[str, int] | None = None) -> int:
+    """Budget for one task: ``overrides`` by task name, then by kind, then the task's
+    own ``max_new_tokens``, then :data:`DEFAULT_MAX_NEW_TOKENS` for its kind."""
+    overrides = overrides or {}
+    for key in (task.name, task.kind):
+        if key in overrides:
+            return int(overrides[key])
+    own = getattr(task, "max_new_tokens", None)
+    if own:
+        return int(own)
+    return DEFAULT_MAX_NEW_TOKENS.get(task.kind, DEFAULT_MAX_NEW_TOKENS["text"])
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """EOS ids of the tokenizer and generation config, plus known end-of-turn tokens."""
+    ids: set[int] = set()
+
+    def add(x: Any) -> None:
+        if x is None:
+            return
+        if isinstance(x, (list, tuple, set)):
+            for y in x:
+                add(y)
+        else:
+            ids.add(int(x))
+
+    add(tokenizer.eos_token_id)
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    vocab = tokenizer.get_vocab()
+    for tok in _END_OF_TURN_TOKENS:
+        if tok in vocab:
+            ids.add(vocab[tok])
+    if not ids:
+        raise ConfigError("the tokenizer defines no end-of-sequence token; generation could not stop")
+    return ids
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class Generation:
+    """One greedy generation. ``token_ids`` includes the stop token when ``stopped``."""
+
+    token_ids: list[int]
+    text: str
+    stopped: bool
+
+
+@dataclass
+class StepStats:
+    """Work done by one prefill or decode call on a batch."""
+
+    rows: int = 0
+    computed_tokens: int = 0  # prompt tokens run through the model (after cache reuse)
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+class Generator:
+    """Greedy generation and label scoring for one (model, tokenizer), in eval mode, no grad."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.stop_ids))
+        self._check_full_attention()
+        model.eval()
+
+    def _check_full_attention(self) -> None:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=self.model.config)
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise ConfigError(
+                "the model uses sliding-window or hybrid attention; convtune's evaluator supports "
+                "full-attention decoder models (Llama, SmolLM2, Qwen2 ...)"
+            )
+
+    def rows(self, n: int, *, reuse: bool = True) -> Rows:
+        """A fresh batch of ``n`` rows. ``reuse=False`` recomputes every prompt from scratch."""
+        return Rows(self, n, reuse=reuse)
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        body = list(ids)
+        if body and body[-1] in self.stop_ids:
+            body = body[:-1]
+        return self.tokenizer.decode(body, skip_special_tokens=True)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        *,
+        batch_size: int = 8,
+    ) -> list[Generation]:
+        """Greedy generations for independent prompts, batched by length (left padding)."""
+        n = len(prompts)
+        budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        order = sorted(range(n), key=lambda i: len(prompts[i]))
+        out: list[Generation | None] = [None] * n
+        for start in range(0, n, max(1, batch_size)):
+            idx = order[start:start + batch_size]
+            rows = self.rows(len(idx), reuse=False)
+            logits = rows.prefill([list(prompts[i]) for i in idx])
+            for i, g in zip(idx, rows.decode(logits, [budgets[i] for i in idx])):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+
+class Rows:
+    """A batch of token sequences sharing one KV cache (see the module docstring)."""
+
+    def __init__(self, gen: Generator, n: int, *, reuse: bool = True):
+        self.gen = gen
+        self.n = n
+        self.reuse = reuse
+        self.stats = StepStats()
+        self._reset()
+
+    def _reset(self) -> None:
+        torch = self.gen.torch
+        self.cache = None
+        self.mask = torch.zeros(self.n, 0, dtype=torch.long, device=self.gen.device)
+        self.live: list[list[int]] = [[] for _ in range(self.n)]  # token ids run through the model
+        self.cols: list[list[int]] = [[] for _ in range(self.n)]  # their cache columns
+        self.last_computed: list[int] = [0] * self.n  # tokens each row computed in the last prefill
+
+    def _forward(self, ids: Any, block_mask: Any, positions: Any, logits_to_keep: int) -> Any:
+        from transformers import DynamicCache
+
+        torch = self.gen.torch
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.gen.model.config)
+        self.mask = torch.cat([self.mask, block_mask], dim=1)
+        out = self.gen.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits
+
+    def _compact(self) -> None:
+        """Drop masked-out cache columns (old answers, divergent tails, stale padding).
+
+        Rows are re-packed left-padded to the longest live row; positions follow the
+        live tokens, so this changes what is stored, never what a token attends to.
+        Without it, dead columns pile up over a conversation and slow every decode step.
+        """
+        if self.cache is None:
+            return
+        torch = self.gen.torch
+        width = max(len(c) for c in self.cols)
+        if width == self.mask.shape[1]:
+            return
+        dev = self.gen.device
+        idx = torch.zeros(self.n, width, dtype=torch.long)
+        mask = torch.zeros(self.n, width, dtype=torch.long)
+        for r, cols in enumerate(self.cols):
+            off = width - len(cols)
+            idx[r, off:] = torch.tensor(cols, dtype=torch.long)
+            mask[r, off:] = 1
+            self.cols[r] = list(range(off, width))
+        idx, mask = idx.to(dev), mask.to(dev)
+        keep = mask[:, None, :, None].bool()
+        for layer in self.cache.layers:
+            gather = idx[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            # Padding columns are zeroed: masked, and never NaN/inf that could leak through 0 * x.
+            layer.keys = torch.where(keep, layer.keys.gather(2, gather), 0.0)
+            layer.values = torch.where(keep, layer.values.gather(2, gather), 0.0)
+        self.mask = mask
+
+    def prefill(self, prompts: Sequence[Sequence[int] | None]) -> Any:
+        """Run each row's prompt (``None``: row idle) through the model, reusing the
+        longest cached prefix. Returns next-token logits ``(n, vocab)`` (float32)."""
+        torch = self.gen.torch
+        if len(prompts) != self.n:
+            raise ValueError(f"expected {self.n} prompts, got {len(prompts)}")
+        t0 = time.perf_counter()
+        if not self.reuse:
+            self._reset()
+        suffixes: list[list[int]] = []
+        for r, p in enumerate(prompts):
+            if p is None:
+                suffixes.append([])
+                continue
+            if not p:
+                raise ValueError("empty prompt")
+            keep = min(_common_prefix(self.live[r], p), len(p) - 1)  # >= 1 token to get logits
+            if keep < len(self.live[r]):
+                self.mask[r, self.cols[r][keep:]] = 0
+                del self.live[r][keep:], self.cols[r][keep:]
+            suffixes.append(list(p[keep:]))
+        self._compact()
+        width = max(len(s) for s in suffixes)
+        if width == 0:
+            raise ValueError("every row is idle")
+        base = self.mask.shape[1]
+        ids = torch.full((self.n, width), self.gen.pad_id, dtype=torch.long)
+        block = torch.zeros((self.n, width), dtype=torch.long)
+        pos = torch.zeros((self.n, width), dtype=torch.long)
+        for r, s in enumerate(suffixes):
+            if not s:
+                continue
+            off = width - len(s)  # left padding inside the block
+            ids[r, off:] = torch.tensor(s)
+            block[r, off:] = 1
+            pos[r, off:] = torch.arange(len(self.live[r]), len(self.live[r]) + len(s))
+            self.live[r].extend(s)
+            self.cols[r].extend(range(base + off, base + width))
+        dev = self.gen.device
+        logits = self._forward(ids.to(dev), block.to(dev), pos.to(dev), logits_to_keep=1)
+        self.last_computed = [len(s) for s in suffixes]
+        self.stats.rows += sum(p is not None for p in prompts)
+        self.stats.computed_tokens += sum(len(s) for s in suffixes)
+        self.stats.prefill_seconds += time.perf_counter() - t0
+        return logits[:, -1, :].float()
+
+    def decode(self, logits: Any, max_new_tokens: Sequence[int],
+               active: Sequence[bool] | None = None) -> list[Generation | None]:
+        """Greedy decoding from the logits ``prefill`` returned. Rows stop at a stop token or
+        their budget; inactive rows return ``None``."""
+        torch = self.gen.torch
+        t0 = time.perf_counter()
+        active = list(active) if active is not None else [True] * self.n
+        done = [not a or m <= 0 for a, m in zip(active, max_new_tokens)]
+        out: list[list[int]] = [[] for _ in range(self.n)]
+        stopped = [False] * self.n
+        dev = self.gen.device
+        while True:
+            nxt = logits.argmax(dim=-1).tolist()
+            for r in range(self.n):
+                if done[r]:
+                    continue
+                out[r].append(nxt[r])
+                if nxt[r] in self.gen.stop_ids:
+                    done[r] = stopped[r] = True
+                elif len(out[r]) >= max_new_tokens[r]:
+                    done[r] = True
+            if all(done):
+                break
+            base = self.mask.shape[1]
+            ids = torch.full((self.n, 1), self.gen.pad_id, dtype=torch.long)
+            block = torch.zeros((self.n, 1), dtype=torch.long)
+            pos = torch.zeros((self.n, 1), dtype=torch.long)
+            for r in range(self.n):
+                if done[r]:
+                    continue
+                ids[r, 0] = nxt[r]
+                block[r, 0] = 1
+                pos[r, 0] = len(self.live[r])
+                self.live[r].append(nxt[r])
+                self.cols[r].append(base)
+            logits = self._forward(ids.to(dev), block.to(dev), pos.to(dev), logits_to_keep=1)[:, -1, :]
+        self.stats.new_tokens += sum(len(o) for o in out)
+        self.stats.decode_seconds += time.perf_counter() - t0
+        return [
+            Generation(out[r], self.gen.decode_text(out[r]), stopped[r]) if active[r] else None
+            for r in range(self.n)
+        ]
+
+    def score(self, row: int, logits: Any, candidates: Sequence[Sequence[int]], *,
+              chunk: int = 8) -> list[float]:
+        """Log-likelihood of each candidate continuation of ``row``'s last prompt.
+
+        ``logits`` are the row's next-token logits from :meth:`prefill`. The row's live
+        cache is copied once per chunk of candidates; the batch state is left unchanged.
+        """
+        from transformers import DynamicCache
+
+        torch = self.gen.torch
+        t0 = time.perf_counter()
+        first = torch.log_softmax(logits.float(), dim=-1)
+        scores = [float(first[c[0]]) for c in candidates]
+        rest = [i for i, c in enumerate(candidates) if len(c) > 1]
+        if rest:
+            dev = self.gen.device
+            cols = torch.tensor(self.cols[row], dtype=torch.long, device=dev)
+            n_live = len(self.cols[row])
+            kv = [(layer.keys[row:row + 1].index_select(2, cols),
+                   layer.values[row:row + 1].index_select(2, cols)) for layer in self.cache.layers]
+            for start in range(0, len(rest), chunk):
+                idx = rest[start:start + chunk]
+                k = len(idx)
+                width = max(len(candidates[i]) - 1 for i in idx)
+                ids = torch.full((k, width), self.gen.pad_id, dtype=torch.long)
+                block = torch.zeros((k, width), dtype=torch.long)
+                for j, i in enumerate(idx):
+                    feed = candidates[i][:-1]
+                    ids[j, : len(feed)] = torch.tensor(feed)  # right padding: never seen by real tokens
+                    block[j, : len(feed)] = 1
+                pos = torch.arange(n_live, n_live + width).unsqueeze(0).expand(k, -1)
+                cache = DynamicCache([(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in kv])
+                mask = torch.cat([torch.ones(k, n_live, dtype=torch.long, device=dev), block.to(dev)], dim=1)
+                out = self.gen.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                                     past_key_values=cache, use_cache=True)
+                logp = torch.log_softmax(out.logits.float(), dim=-1)
+                for j, i in enumerate(idx):
+                    target = torch.tensor(candidates[i][1:], device=dev)
+                    steps = torch.arange(len(target), device=dev)
+                    scores[i] += float(logp[j, steps, target].sum())
+        self.stats.decode_seconds += time.perf_counter() - t0
+        return scores
+
+
+# ---- answering tasks about conversations -------------------------------------------
+
+
+@dataclass
+class Answer:
+    """The model's answer to one task about one conversation."""
+
+    conversation_id: str
+    task: str
+    text: str
+    token_ids: list[int]
+    stopped: bool  # ended on a stop token (False: hit max_new_tokens)
+    constrained: bool
+    prompt_tokens: int  # length of the rendered prompt
+    computed_prompt_tokens: int  # prompt tokens actually computed (the rest came from the cache)
+    seconds: float  # this answer's share of its batch's wall time
+    label_scores: dict[str, float] | None = None  # constrained: label -> log-likelihood
+
+
+@dataclass
+class TaskTiming:
+    """Latency and throughput of one task over a run."""
+
+    task: str
+    n: int = 0
+    seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prompt_tokens: int = 0
+    computed_prompt_tokens: int = 0
+    new_tokens: int = 0
+
+    def add(self, rows: int, stats: StepStats, prompt_tokens: int) -> None:
+        self.n += rows
+        self.seconds += stats.prefill_seconds + stats.decode_seconds
+        self.prefill_seconds += stats.prefill_seconds
+        self.decode_seconds += stats.decode_seconds
+        self.prompt_tokens += prompt_tokens
+        self.computed_prompt_tokens += stats.computed_tokens
+        self.new_tokens += stats.new_tokens
+
+    def summary(self) -> dict[str, float]:
+        def ratio(a: float, b: float) -> float:
+            return a / b if b else 0.0
+
+        return {
+            "n": self.n,
+            "seconds_per_item": ratio(self.seconds, self.n),
+            "prefill_seconds_per_item": ratio(self.prefill_seconds, self.n),
+            "decode_seconds_per_item": ratio(self.decode_seconds, self.n),
+            "prompt_tokens_per_item": ratio(self.prompt_tokens, self.n),
+            "computed_prompt_tokens_per_item": ratio(self.computed_prompt_tokens, self.n),
+            "new_tokens_per_item": ratio(self.new_tokens, self.n),
+            "prefill_tokens_per_s": ratio(self.computed_prompt_tokens, self.prefill_seconds),
+            "new_tokens_per_s": ratio(self.new_tokens, self.decode_seconds),
+        }
+
+
+@dataclass
+class AnswerRun:
+    """Answers of one run, in (conversation, task) input order, with timings."""
+
+    answers: list[Answer]
+    timings: dict[str, TaskTiming]
+    seconds: float  # wall time of the whole run
+    strategy: str
+    reuse_cache: bool
+    batch_size: int
+    n_conversations: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Candidates:
+    """Answer token ids of each label of a task, as the renderer tokenizes training targets."""
+
+    def __init__(self, renderer: Renderer, stop_ids: set[int]):
+        self.renderer = renderer
+        self.stop_ids = stop_ids
+        self._cache: dict[str, tuple[list[str], list[str], list[list[int]]]] = {}
+
+    def get(self, task: Any, conv: Conversation) -> tuple[list[str], list[str], list[list[int]]]:
+        """(labels, answer texts, answer ids ending with the end-of-turn token)."""
+        if task.name not in self._cache:
+            labels = list(task.labels)
+            texts = [task.render_target(label) for label in labels]
+            ids = []
+            for text in texts:
+                # Each segment is tokenized on its own, so an answer's ids do not depend on the conversation.
+                enc = self.renderer.encode(conv, [TaskTurn(task.instruction, text)])
+                start, end = enc.answer_spans[-1]
+                span = enc.input_ids[start:end]
+                cut = next((i + 1 for i, t in enumerate(span) if t in self.stop_ids), len(span))
+                ids.append(span[:cut])
+            self._cache[task.name] = (labels, texts, ids)
+        return self._cache[task.name]
+
+
+def resolve_constrained(tasks: Sequence[Any], constrained: bool | str | Collection[str] | None) -> set[str]:
+    """Which tasks decode constrained to their labels.
+
+    ``None``/``"auto"``: each task's own ``constrained_default`` attribute (False when absent);
+    ``True``/``False``: every / no task that has ``labels``; a collection: those task names.
+    Tasks without ``labels`` are never constrained.
+    """
+    with_labels = {t.name for t in tasks if getattr(t, "labels", None)}
+    if constrained is None or constrained == "auto":
+        return {t.name for t in tasks if t.name in with_labels and getattr(t, "constrained_default", False)}
+    if constrained is True:
+        return with_labels
+    if constrained is False:
+        return set()
+    if isinstance(constrained, str):
+        raise ValueError(f"constrained must be 'auto', a bool or task names, not {constrained!r}")
+    unknown = set(constrained) - with_labels
+    if unknown:
+        raise ConfigError(f"constrained decoding needs tasks with labels; not: {', '.join(sorted(unknown))}")
+    return set(constrained)
+
+
+def answer_tasks(
+    generator: Generator,
+    renderer: Renderer,
+    conversations: Sequence[Conversation],
+    tasks: Sequence[Any],
+    *,
+    strategy: str = "chained",
+    batch_size: int = 8,
+    reuse_cache: bool | None = None,
+    constrained: bool | str | Collection[str] | None = None,
+    max_new_tokens: Mapping[str, int] | None = None,
+    only_labelled: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> AnswerRun:
+    """Answer every task about every conversation.
+
+    Args:
+        strategy: ``"independent"`` or ``"chained"`` (see the module docstring).
+        reuse_cache: reuse the KV cache of the shared prefix within a conversation.
+            Default: on for ``chained``, off for ``independent`` (which then batches
+            prompts across conversations, grouped by task). With reuse, rows are
+            conversations and ``independent`` reuses the transcript prefix.
+        constrained: see :func:`resolve_constrained`.
+        max_new_tokens: budget overrides by task name or kind.
+        only_labelled: ask a task only of conversations carrying its gold label.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if not tasks:
+        raise ConfigError("no tasks to evaluate")
+    if reuse_cache is None:
+        reuse_cache = strategy == "chained"
+    batch_size = max(1, int(batch_size))
+    constrained_names = resolve_constrained(tasks, constrained)
+    candidates = _Candidates(renderer, generator.stop_ids)
+    budgets = {t.name: max_new_tokens_for(t, max_new_tokens) for t in tasks}
+    timings = {t.name: TaskTiming(t.name) for t in tasks}
+    results: dict[tuple[int, str], Answer] = {}
+    say = progress or (lambda _msg: None)
+
+    def asked(conv: Conversation, task: Any) -> bool:
+        return not only_labelled or task.has_label(conv)
+
+    def run_step(rows: Rows, task: Any, items: list[tuple[int, Any] | None]) -> list[Answer | None]:
+        """Prefill + decode (or score) one task for the rows; ``items[r] = (conv index, Encoded)``."""
+        before = StepStats(**vars(rows.stats))
+        t0 = time.perf_counter()
+        logits = rows.prefill([None if it is None else it[1].input_ids for it in items])
+        answers: list[Answer | None] = [None] * len(items)
+        is_constrained = task.name in constrained_names
+        if is_constrained:
+            gens: list[Generation | None] = [None] * len(items)
+            label_scores: list[dict[str, float] | None] = [None] * len(items)
+            for r, it in enumerate(items):
+                if it is None:
+                    continue
+                labels, texts, ids = candidates.get(task, conversations[it[0]])
+                s = rows.score(r, logits[r], ids)
+                best = max(range(len(labels)), key=lambda i: s[i])
+                gens[r] = Generation(list(ids[best]), texts[best], stopped=True)
+                label_scores[r] = {str(lab): sc for lab, sc in zip(labels, s)}
+        else:
+            gens = rows.decode(logits, [budgets[task.name]] * len(items),
+                               active=[it is not None for it in items])
+            label_scores = [None] * len(items)
+        elapsed = time.perf_counter() - t0
+        step = StepStats(
+            rows=rows.stats.rows - before.rows,
+            computed_tokens=rows.stats.computed_tokens - before.computed_tokens,
+            new_tokens=rows.stats.new_tokens - before.new_tokens,
+            prefill_seconds=rows.stats.prefill_seconds - before.prefill_seconds,
+            decode_seconds=rows.stats.decode_seconds - before.decode_seconds,
+        )
+        if is_constrained:
+            step.new_tokens = sum(len(g.token_ids) for g in gens if g is not None)
+        n_active = sum(it is not None for it in items)
+        share = elapsed / n_active if n_active else 0.0
+        computed = list(rows.last_computed)
+        timings[task.name].add(n_active, step, sum(len(it[1].input_ids) for it in items if it is not None))
+        for r, it in enumerate(items):
+            if it is None:
+                continue
+            g = gens[r]
+            answers[r] = Answer(
+                conversation_id=conversations[it[0]].id, task=task.name, text=g.text, token_ids=g.token_ids,
+                stopped=g.stopped, constrained=is_constrained, prompt_tokens=len(it[1].input_ids),
+                computed_prompt_tokens=computed[r], seconds=share, label_scores=label_scores[r],
+            )
+        return answers
+
+    t_start = time.perf_counter()
+    if not reuse_cache and strategy == "independent":
+        # Batch across conversations: one task at a time, prompts sorted by length.
+        for task in tasks:
+            work = [(ci, renderer.prompt(conv, task.instruction))
+                    for ci, conv in enumerate(conversations) if asked(conv, task)]
+            work.sort(key=lambda w: len(w[1]))
+            for start in range(0, len(work), batch_size):
+                chunk = work[start:start + batch_size]
+                rows = generator.rows(len(chunk), reuse=False)
+                for (ci, _), a in zip(chunk, run_step(rows, task, list(chunk))):
+                    results[(ci, task.name)] = a
+                say(f"{task.name}: {min(start + batch_size, len(work))}/{len(work)}")
+    else:
+        # Rows are conversations; tasks are asked in order, each row keeping its cache.
+        order = sorted(range(len(conversations)),
+                       key=lambda ci: len(renderer.prompt(conversations[ci], tasks[0].instruction)))
+        for start in range(0, len(order), batch_size):
+            conv_idx = order[start:start + batch_size]
+            rows = generator.rows(len(conv_idx), reuse=reuse_cache)
+            answered: list[list[TaskTurn]] = [[] for _ in conv_idx]
+            for task in tasks:
+                items: list[tuple[int, Any] | None] = []
+                for r, ci in enumerate(conv_idx):
+                    conv = conversations[ci]
+                    if not asked(conv, task):
+                        items.append(None)
+                        continue
+                    prior = answered[r] if strategy == "chained" else []
+                    items.append((ci, renderer.prompt(conv, task.instruction, answered=prior)))
+                if all(it is None for it in items):
+                    continue
+                for r, a in enumerate(run_step(rows, task, items)):
+                    if a is None:
+                        continue
+                    results[(conv_idx[r], task.name)] = a
+                    answered[r].append(TaskTurn(task.instruction, a.text.strip()))
+            say(f"conversations {min(start + batch_size, len(order))}/{len(order)}")
+    seconds = time.perf_counter() - t_start
+    answers = [results[(ci, t.name)] for ci in range(len(conversations)) for t in tasks
+               if (ci, t.name) in results]
+    return AnswerRun(
+        answers=answers, timings=timings, seconds=seconds, strategy=strategy, reuse_cache=bool(reuse_cache),
+        batch_size=batch_size, n_conversations=len(conversations),
+        extra={"constrained_tasks": sorted(constrained_names), "max_new_tokens": budgets},
+    )
