@@ -211,6 +211,25 @@ def test_prefix_reuse_keeps_no_dead_cache_columns(tiny, convs):
         assert fresh.decode(fresh.prefill([b]), [8])[0].token_ids == rows.decode(logits, [8])[0].token_ids
 
 
+def test_rows_finishing_early_leave_the_batch_and_come_back_intact(tiny, convs):
+    from convtune.renderer import TaskTurn
+
+    renderer = tiny[2]
+    gen = _gen(tiny)
+    first, second = TASKS[0].instruction, TASKS[2].instruction
+    with torch.inference_mode():
+        rows = gen.rows(len(convs))
+        budgets = [1, 2, 5, 9][: len(convs)]  # the batch shrinks 4 -> 2 -> 1 rows while decoding
+        gens = rows.decode(rows.prefill([renderer.prompt(c, first).input_ids for c in convs]), budgets)
+        assert [len(g.token_ids) for g in gens] == budgets
+        follow = [renderer.prompt(c, second, answered=[TaskTurn(first, g.text.strip())]).input_ids
+                  for c, g in zip(convs, gens)]
+        cached = rows.decode(rows.prefill(follow), [6] * len(convs))
+        assert all(n < len(f) / 2 for n, f in zip(rows.last_computed, follow))
+        fresh = [gen.generate([f], 6)[0] for f in follow]
+    assert [g.token_ids for g in cached] == [g.token_ids for g in fresh]
+
+
 def test_constrained_decoding_returns_a_label_and_true_likelihoods(tiny, convs):
     run = _run(tiny, convs, strategy="chained", constrained=True, batch_size=2)
     task = TASKS[1]

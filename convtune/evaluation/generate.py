@@ -7,10 +7,12 @@ The engine (:class:`Rows`) keeps one KV cache for a batch of *rows* (one row per
 conversation being answered). Each row remembers the token ids it has already
 run through the model ("live" tokens). A new prompt for a row is compared with
 them: the longest common prefix is reused from the cache, cached tokens after
-it are masked out (attention mask 0, never deleted: rows share one tensor), and
-only the rest is computed. Positions are counted over live tokens only, so a
-row's tokens see exactly the positions and keys they would see alone; left
-padding and masked-out columns change nothing but float rounding.
+it are masked out (attention mask 0; dead columns are dropped when the cache is
+re-packed before the next prefill), and only the rest is computed. Positions
+are counted over live tokens only, so a row's tokens see exactly the positions
+and keys they would see alone: left padding, masking and re-packing change
+nothing but float rounding (tests assert identical greedy token ids). While
+decoding, finished rows leave the computed batch once half of it has finished.
 
 Two strategies answer several tasks about one conversation:
 
@@ -284,7 +286,14 @@ class Rows:
     def decode(self, logits: Any, max_new_tokens: Sequence[int],
                active: Sequence[bool] | None = None) -> list[Generation | None]:
         """Greedy decoding from the logits ``prefill`` returned. Rows stop at a stop token or
-        their budget; inactive rows return ``None``."""
+        their budget; inactive rows return ``None``.
+
+        When half the rows of the computed batch have finished, the batch shrinks to the
+        running rows (a copy of their cache), so one long answer does not make every
+        finished row pay for its steps; the rows are merged back at the end.
+        """
+        from transformers import DynamicCache
+
         torch = self.gen.torch
         t0 = time.perf_counter()
         active = list(active) if active is not None else [True] * self.n
@@ -292,31 +301,64 @@ class Rows:
         out: list[list[int]] = [[] for _ in range(self.n)]
         stopped = [False] * self.n
         dev = self.gen.device
+        group = list(range(self.n))  # rows of the batch being computed, in cache order
+        cache, mask = self.cache, self.mask
+        parents: list[tuple[Any, Any, list[int]]] = []
         while True:
             nxt = logits.argmax(dim=-1).tolist()
-            for r in range(self.n):
+            for g, r in enumerate(group):
                 if done[r]:
                     continue
-                out[r].append(nxt[r])
-                if nxt[r] in self.gen.stop_ids:
+                out[r].append(nxt[g])
+                if nxt[g] in self.gen.stop_ids:
                     done[r] = stopped[r] = True
                 elif len(out[r]) >= max_new_tokens[r]:
                     done[r] = True
-            if all(done):
+            running = [g for g, r in enumerate(group) if not done[r]]
+            if not running:
                 break
-            base = self.mask.shape[1]
-            ids = torch.full((self.n, 1), self.gen.pad_id, dtype=torch.long)
-            block = torch.zeros((self.n, 1), dtype=torch.long)
-            pos = torch.zeros((self.n, 1), dtype=torch.long)
-            for r in range(self.n):
+            if len(group) > 1 and len(running) <= len(group) // 2:
+                parents.append((cache, mask, group))
+                idx = torch.tensor(running, dtype=torch.long, device=dev)
+                cache = DynamicCache([(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
+                                      for layer in cache.layers])
+                mask = mask.index_select(0, idx)
+                nxt = [nxt[g] for g in running]
+                group = [group[g] for g in running]
+            base = mask.shape[1]
+            k = len(group)
+            ids = torch.full((k, 1), self.gen.pad_id, dtype=torch.long)
+            block = torch.zeros((k, 1), dtype=torch.long)
+            pos = torch.zeros((k, 1), dtype=torch.long)
+            for g, r in enumerate(group):
                 if done[r]:
                     continue
-                ids[r, 0] = nxt[r]
-                block[r, 0] = 1
-                pos[r, 0] = len(self.live[r])
-                self.live[r].append(nxt[r])
+                ids[g, 0] = nxt[g]
+                block[g, 0] = 1
+                pos[g, 0] = len(self.live[r])
+                self.live[r].append(nxt[g])
                 self.cols[r].append(base)
-            logits = self._forward(ids.to(dev), block.to(dev), pos.to(dev), logits_to_keep=1)[:, -1, :]
+            mask = torch.cat([mask, block.to(dev)], dim=1)
+            logits = self.gen.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        # Merge shrunk batches back into their parents (dead columns are padded with mask 0).
+        while parents:
+            p_cache, p_mask, p_group = parents.pop()
+            extra = mask.shape[1] - p_mask.shape[1]
+            where = torch.tensor([p_group.index(r) for r in group], dtype=torch.long, device=dev)
+            layers = []
+            for parent, child in zip(p_cache.layers, cache.layers):
+                merged = []
+                for pt, ct in ((parent.keys, child.keys), (parent.values, child.values)):
+                    t = torch.cat([pt, pt.new_zeros(pt.shape[0], pt.shape[1], extra, pt.shape[3])], dim=2)
+                    t[where] = ct
+                    merged.append(t)
+                layers.append(tuple(merged))
+            cache = DynamicCache(layers)
+            p_mask = torch.cat([p_mask, p_mask.new_zeros(p_mask.shape[0], extra)], dim=1)
+            p_mask[where] = mask
+            mask, group = p_mask, p_group
+        self.cache, self.mask = cache, mask
         self.stats.new_tokens += sum(len(o) for o in out)
         self.stats.decode_seconds += time.perf_counter() - t0
         return [
