@@ -118,4 +118,8 @@ def test_pii_report_command(tmp_path, capsys):
                  "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "CREDIT_CARD" in table and "PERSON" in table
-    assert json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    assert set(report["scores"]) >= {"CREDIT_CARD", "SSN", "PHONE", "EMAIL", "PERSON", "ALL"}
+    assert report["scores"]["ALL"]["support"] >= 200
+    for entity, gate in report["recall_gates"].items():
+        assert report["scores"][entity]["recall"] >= gate, entity
