@@ -197,7 +197,8 @@ class Renderer:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def _segments(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    def _segments(self, messages: list[dict[str, str]],
+                  add_generation_prompt: bool) -> list[tuple[str, bool]]:
         """Split the rendered chat into (text, is_answer) pieces, in order."""
         segs: list[tuple[str, bool]] = []
         prev = ""

@@ -1,16 +1,23 @@
-"""The convtune demo (`make demo`): sample company data -> clean, redacted conversations -> analytics.
+"""The convtune demo (`make demo`): sample company data -> a tuned model that beats its base.
 
 Steps:
 1. import the sample train/test splits (validate, redact PII, write convtune JSONL to runs/demo/data),
-2. print dataset statistics and what redaction caught,
-3. show deterministic talk-time analytics for one call.
+2. print dataset statistics, what redaction caught, and talk-time analytics for one call,
+3. fine-tune SmolLM2-135M-Instruct with LoRA on all four core tasks at once (configs/demo.yaml;
+   `convtune train`, about 6 minutes on 2 CPU cores),
+4. evaluate base vs tuned on held-out test conversations (`convtune evaluate`) and print the table
+   (also runs/demo/eval/{metrics.json,metrics.png,predictions.jsonl}).
 
-Fine-tuning, evaluation and serving join this demo as they land.
+Environment knobs: DEMO_EVAL_LIMIT (test conversations evaluated, default 12; 0 = all 36),
+DEMO_TRAIN=0 (reuse a finished runs/demo/train), DEMO_SERVE=0 (stop after the evaluation;
+serving the adapter joins the demo with `convtune serve`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 from convtune.analytics import analyze, format_analytics
@@ -19,9 +26,16 @@ from convtune.data import dataset_stats, import_file
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 OUT = ROOT / "runs" / "demo" / "data"
+CONFIG = ROOT / "configs" / "demo.yaml"
+RUN = ROOT / "runs" / "demo" / "train"
+EVAL = ROOT / "runs" / "demo" / "eval"
 
 
-def main() -> int:
+def banner(text: str) -> None:
+    print(f"\n{'=' * 8} {text} {'=' * max(4, 70 - len(text))}", flush=True)
+
+
+def prepare_data() -> None:
     splits = {}
     for split in ("train", "test"):
         result, convs = import_file(DATA / f"{split}.jsonl", OUT / f"{split}.jsonl")
@@ -51,7 +65,36 @@ def main() -> int:
     call = next(c for c in splits["test"][1] if c.timed and len(c.speakers) >= 2)
     print()
     print(format_analytics(analyze(call)))
-    print(f"\ndone: redacted data in {OUT}")
+    print(f"\nredacted data in {OUT}")
+
+
+def main() -> int:
+    from convtune.cli import main as convtune
+
+    t0 = time.time()
+    banner("1-2. import, redact, inspect the sample data")
+    prepare_data()
+
+    banner("3. multi-task LoRA fine-tune (convtune train --config configs/demo.yaml)")
+    if os.environ.get("DEMO_TRAIN", "1") != "0" or not (RUN / "metrics.json").is_file():
+        rc = convtune(["train", "--config", str(CONFIG), "--out", str(RUN), "--set", "output.overwrite=true"])
+        if rc:
+            return rc
+    else:
+        print(f"DEMO_TRAIN=0: reusing {RUN}")
+    trained = time.time()
+
+    limit = int(os.environ.get("DEMO_EVAL_LIMIT", "12"))
+    banner(f"4. base vs tuned on {limit or 'all'} held-out test conversations (convtune evaluate)")
+    args = ["evaluate", "--run", str(RUN), "--data", str(OUT / "test.jsonl"), "--out", str(EVAL)]
+    rc = convtune(args + (["--limit", str(limit)] if limit else []))
+    if rc:
+        return rc
+    done = time.time()
+    print(f"\ndemo finished in {(done - t0) / 60:.1f} min (training {(trained - t0) / 60:.1f} min incl. "
+          f"data, evaluation {(done - trained) / 60:.1f} min)")
+    if os.environ.get("DEMO_SERVE", "1") != "0":
+        print(f"serving: `convtune serve` arrives with the server; the tuned adapter is in {RUN / 'adapter'}")
     return 0
 
 

@@ -46,7 +46,11 @@ def _words(text: str) -> list[str]:
 class ClassificationTask(Task):
     """One label out of ``labels``. ``question`` is the instruction without its format line.
 
-    The instruction is ``"<question> Answer with exactly one label: a, b, c."``.
+    The instruction is ``"<question> Answer with exactly one label: a, b, c."``. With
+    ``show_labels=False`` the list is left out (``"... Answer with one label."``): for large
+    label sets (Banking77's 77 intents cost ~500 prompt tokens per example) a tuned model
+    learns the labels and ``constrained=True`` decoding keeps answers inside the set.
+    ``constrained`` is the task's default for evaluation and serving (callers may override).
     """
 
     kind = "classification"
@@ -54,7 +58,7 @@ class ClassificationTask(Task):
     fuzzy_margin = 0.1
 
     def __init__(self, name: str, question: str, labels: Sequence[str], *,
-                 primary_metric: str = "accuracy"):
+                 primary_metric: str = "accuracy", show_labels: bool = True, constrained: bool = False):
         labels = tuple(labels)
         problems = label_set_problems(labels)
         if problems:
@@ -64,7 +68,10 @@ class ClassificationTask(Task):
         self.name = name
         self.labels = labels
         self.primary_metric = primary_metric
-        self.instruction = f"{question.strip()} Answer with exactly one label: {', '.join(labels)}."
+        self.show_labels = show_labels
+        self.constrained_default = constrained
+        self.instruction = (f"{question.strip()} Answer with exactly one label: {', '.join(labels)}."
+                            if show_labels else f"{question.strip()} Answer with one label.")
         self._by_norm = {normalize_label(x): x for x in labels}
         self._label_words = [(x, _words(x)) for x in labels]
         self._prefixes = _PREFIX_WORDS | {name.lower(), name.lower().replace("_", " ")}

@@ -13,6 +13,9 @@ The output-format sentence is appended to the instruction for you:
 classification gets "Answer with exactly one label: low, medium, high.", list
 gets "Answer with a JSON list of strings, [] if none."; text gets nothing.
 List tasks may set ``match_threshold`` (token-set similarity, default 0.5).
+Classification tasks may set ``show_labels: false`` (large label sets: the
+prompt says "Answer with one label." and a tuned model learns the labels) and
+``constrained: true`` (answers are the most likely label of the set).
 
 Every problem in the file is reported at once (:class:`DataValidationError`
 with file, line for YAML, field and entry name); a missing or unreadable file
@@ -51,6 +54,8 @@ class TaskSpec(BaseModel):
     labels: list[str] | None = None
     metric: Literal["accuracy", "macro_f1", "rouge", "f1"] | None = None
     match_threshold: float | None = Field(default=None, gt=0, le=1)
+    show_labels: bool | None = None  # classification: list the labels in the prompt (default true)
+    constrained: bool | None = None  # classification: decode constrained to the labels (default false)
 
 
 def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -72,6 +77,9 @@ def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("metric", f"{metric!r} does not apply to a {kind} task (use {use})"))
     if kind in METRICS and kind != "list" and raw.get("match_threshold") is not None:
         out.append(("match_threshold", "only list tasks have a match_threshold"))
+    for key in ("show_labels", "constrained"):
+        if kind in METRICS and kind != "classification" and raw.get(key) is not None:
+            out.append((key, f"only classification tasks have {key}"))
     return out
 
 
@@ -79,7 +87,9 @@ def build_task(spec: TaskSpec) -> Task:
     """The task object for a validated entry."""
     if spec.type == "classification":
         return ClassificationTask(spec.name, spec.instruction, spec.labels or (),
-                                  primary_metric=spec.metric or "accuracy")
+                                  primary_metric=spec.metric or "accuracy",
+                                  show_labels=spec.show_labels is not False,
+                                  constrained=bool(spec.constrained))
     if spec.type == "text":
         return TextTask(spec.name, spec.instruction)
     return StringListTask(spec.name, f"{spec.instruction} {LIST_FORMAT}",

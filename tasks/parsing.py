@@ -20,6 +20,7 @@ from tasks.base import Parsed, failed
 _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _MAX_STARTS = 200  # JSON start positions tried before giving up (bounds the work on junk)
 _OPEN = re.compile(r"[\[{]")
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
 def dumps(value: Any) -> str:
@@ -40,9 +41,19 @@ def find_json(text: str) -> tuple[list[tuple[int, Any]], list[int]]:
     The whole (fence-stripped) text is tried first; otherwise it is scanned left
     to right for ``[``/``{`` that open a decodable value, skipping the inside of
     values already found (so a list inside an object is not a separate value).
-    Trailing text after a value is ignored.
+    Trailing text after a value is ignored. Trailing commas (``{"a": 1,}``) are
+    removed first, the one repair that cannot change what the model meant.
     """
     body = strip_fences(text)
+    repaired = _TRAILING_COMMA.sub(r"\1", body)
+    if repaired != body:
+        values, broken = _scan(repaired)
+        if values:
+            return values, broken
+    return _scan(body)
+
+
+def _scan(body: str) -> tuple[list[tuple[int, Any]], list[int]]:
     try:
         return [(0, json.loads(body))], []
     except (ValueError, RecursionError):

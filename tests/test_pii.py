@@ -31,7 +31,8 @@ CORPUS = Path(__file__).resolve().parents[1] / "benchmarks" / "pii_corpus.jsonl"
 def conv(*turns: tuple[str, str], labels: dict | None = None) -> Conversation:
     return Conversation(
         id="c1",
-        turns=[Turn(id=f"t{i}", speaker=s, text=t, start=float(i), end=i + 0.5) for i, (s, t) in enumerate(turns)],
+        turns=[Turn(id=f"t{i}", speaker=s, text=t, start=float(i), end=i + 0.5)
+               for i, (s, t) in enumerate(turns)],
         labels=labels or {},
     )
 
@@ -95,7 +96,7 @@ def test_oh_is_zero_only_next_to_numbers():
     ("it's 4242 four two four two 4242 four two four two", "it's <CREDIT_CARD>"),
     ("um six oh one one uh one one one one uh one one one one one one one seven", "um <CREDIT_CARD>"),
     ("card 4111111111111111 exp 12/26 cvv 987", "card <CREDIT_CARD> exp 12/26 cvv <CVV>"),
-    ("the security code on the back of my card is two four eight", 
+    ("the security code on the back of my card is two four eight",
      "the security code on the back of my card is <CVV>"),
     ("my social is 078-05-1120", "my social is <SSN>"),
     ("last four of my social is 1120", "last four of my social is <SSN>"),
@@ -203,13 +204,15 @@ def test_context_from_agent_question():
     c = conv(("Agent", "And the security code on the back?"), ("Customer", "seven three one"),
              ("Agent", "date of birth?"), ("Customer", "june fifth nineteen eighty two"),
              ("Agent", "and the last four of your social?"), ("Customer", "1120"),
-             ("Agent", "what's the routing number on the check?"), ("Customer", "oh two one oh oh oh oh two one"))
+             ("Agent", "what's the routing number on the check?"),
+             ("Customer", "oh two one oh oh oh oh two one"))
     red, _ = redact_conversation(c)
     assert [t.text for t in red.turns][1::2] == ["<CVV>", "<DATE_OF_BIRTH>", "<SSN>", "<ROUTING_NUMBER>"]
 
 
 def test_false_start_then_full_number():
-    c = conv(("Agent", "what's your social security number?"), ("Customer", "two one nine"), ("Agent", "sorry?"),
+    c = conv(("Agent", "what's your social security number?"), ("Customer", "two one nine"),
+             ("Agent", "sorry?"),
              ("Customer", "two one nine, oh nine, nine nine nine nine"))
     assert [t.text for t in redact_conversation(c)[0].turns][1:] == ["<SSN>", "sorry?", "<SSN>"]
 

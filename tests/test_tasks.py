@@ -127,6 +127,8 @@ TOLERATED = [
     ("sentiment", '{"overall": "Negative", "Start": "NEGATIVE", "end": "neutral"}', SENT),
     ("sentiment", f"Sentiment: {json.dumps(SENT)} hope this helps", SENT),
     ("sentiment", f'```json\n{json.dumps(SENT, indent=2)}\n```', SENT),
+    ("sentiment", '{\n  "overall": "negative",\n  "start": "negative",\n  "end": "neutral",\n}', SENT),
+    ("action_items", f"[{ITEM_JSON},]", [ITEM]),  # trailing commas are the one repair
     ("summary", "Summary: Customer called about a bill.", "Customer called about a bill."),
     ("summary", "```\nCustomer called about a bill.\n```", "Customer called about a bill."),
     ("topics", '{"topics": ["billing", "refund"]}', ["billing", "refund"]),
@@ -415,6 +417,21 @@ def test_json_task_file(tmp_path):
     assert resolved.primary_metric == "accuracy" and reason.primary_metric == "rougeL"
     assert reason.instruction == "Why did they call?"
     assert reason.parse("Reason: x") == Parsed("Reason: x", True)  # only its own name is a prefix
+    assert "yes, no" in resolved.instruction and not resolved.constrained_default
+
+
+def test_classification_without_label_list_in_prompt(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: topic77\ntype: classification\ninstruction: Which topic?\n"
+                    "labels: [card_arrival, card_linking, exchange_rate]\n"
+                    "show_labels: false\nconstrained: true\n")
+    (task,) = load_task_file(path)
+    assert task.instruction == "Which topic? Answer with one label."
+    assert task.constrained_default and task.parse("card linking") == Parsed("card_linking", True)
+    path.write_text("name: why\ntype: text\ninstruction: Why?\nconstrained: true\n")
+    with pytest.raises(DataValidationError) as err:
+        load_task_file(path)
+    assert "only classification tasks have constrained" in err.value.report()
 
 
 BAD_YAML = """\

@@ -1,0 +1,64 @@
+"""Benchmark scripts: mechanics only (no timings, no real training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import Counter
+
+import pytest
+
+from .conftest import ROOT
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def b77():
+    return load_script("banking77")
+
+
+def test_banking77_skips_cleanly_without_the_dataset(b77, tmp_path, capsys):
+    out = tmp_path / "b77.json"
+    assert b77.main(["--data-dir", str(tmp_path / "absent"), "--out", str(out)]) == 0
+    assert "skipped" in capsys.readouterr().out and not out.exists()
+
+
+def test_banking77_stratified_sample_is_balanced_and_seeded(b77):
+    rows = [(f"text {label} {i}", label) for label in "abc" for i in range(20)] + [("only one", "d")]
+    sample = b77.stratified(rows, 5, seed=0)
+    assert Counter(y for _, y in sample) == {"a": 5, "b": 5, "c": 5, "d": 1}
+    assert sample == b77.stratified(rows, 5, seed=0) != b77.stratified(rows, 5, seed=1)
+
+
+def test_banking77_tfidf_baseline_and_lm_task(b77, tmp_path):
+    train = [("where is my card", "card_arrival"), ("card has not arrived yet", "card_arrival"),
+             ("what is the exchange rate", "exchange_rate"), ("exchange rate for euros", "exchange_rate")]
+    test = [("my card never arrived", "card_arrival"), ("euro exchange rate today", "exchange_rate")]
+    assert b77.tfidf_lr(train, {"t": test}) == {"t": 1.0}
+    task = b77.make_task(["card_arrival", "exchange_rate"])
+    assert task.constrained_default and "card_arrival" not in task.instruction
+    (conv,) = b77.conversations(test[:1], "x")
+    assert conv.turns[0].text == "my card never arrived" and task.gold(conv) == "card_arrival"
+
+
+def test_training_throughput_baseline_rows_are_one_task_per_example(default_model_dir):
+    bench = load_script("training_throughput")
+
+    class Args:
+        model = str(default_model_dir)
+        data = ROOT / "examples" / "data" / "train.jsonl"
+        convs = 2
+        max_seq_len = 1024
+
+    rows, n = bench.baseline_rows(Args)
+    assert n == 2 and len(rows) == 8  # 4 core tasks each
+    for row in rows:
+        assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+        assert row["completion"][0]["role"] == "assistant"
+    json.dumps(rows)  # a plain TRL dataset row
