@@ -8,8 +8,10 @@ conversations and the four core tasks, in one process, one after the other:
   gradient accumulation (no padding), exactly what ``convtune train`` runs;
 * baseline: plain TRL SFTTrainer on one prompt/completion example per
   (conversation, task), TRL's default collator (pad to the longest in the
-  batch) and its default per-device batch of 8. Same prompt text per task
-  (the renderer's transcript + instruction), so only the layout differs.
+  micro-batch), 8 pairs per optimizer step like convtune, as micro-batches of
+  ``--baseline-batch`` (default 2; TRL's default of 8 x ~1,000 tokens was
+  killed for memory on a 24 GB machine). Same prompt text per task (the
+  renderer's transcript + instruction), so only the layout differs.
 
 Reported per trainer: (conversation, task) pairs/s, tokens/s (non-padding
 tokens; padded tokens reported separately), time inside optimizer steps only
@@ -146,7 +148,8 @@ def run_baseline(args, workdir: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = SFTConfig(
         output_dir=str(workdir / "baseline"), num_train_epochs=1,
-        per_device_train_batch_size=args.pairs_per_step, gradient_accumulation_steps=1,
+        per_device_train_batch_size=args.baseline_batch,
+        gradient_accumulation_steps=args.pairs_per_step // args.baseline_batch,
         learning_rate=2e-4, warmup_steps=0, lr_scheduler_type="cosine", max_length=args.max_seq_len,
         logging_steps=1, save_strategy="no", report_to="none", seed=0, use_cpu=True,
         bf16=False, fp16=False, gradient_checkpointing=False, disable_tqdm=True,
@@ -169,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=ROOT / "examples" / "data" / "train.jsonl")
     ap.add_argument("--convs", type=int, default=8, help="training conversations (4 pairs each)")
     ap.add_argument("--pairs-per-step", type=int, default=8,
-                    help="(conversation, task) pairs per optimizer step for both (TRL's default batch: 8)")
+                    help="(conversation, task) pairs per optimizer step, both trainers")
+    ap.add_argument("--baseline-batch", type=int, default=2, help="baseline micro-batch (padded together)")
     ap.add_argument("--max-seq-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_throughput.json")
     args = ap.parse_args(argv)
-    if args.pairs_per_step % len(TASKS):
-        ap.error(f"--pairs-per-step must be a multiple of {len(TASKS)}")
+    if args.pairs_per_step % len(TASKS) or args.pairs_per_step % args.baseline_batch:
+        ap.error(f"--pairs-per-step must be a multiple of {len(TASKS)} and of --baseline-batch")
 
     import torch
 
@@ -213,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {
         "benchmark": "training_throughput", "model": args.model, "conversations": args.convs,
-        "tasks": TASKS, "pairs_per_step": args.pairs_per_step, "max_seq_len": args.max_seq_len,
+        "tasks": TASKS, "pairs_per_step": args.pairs_per_step, "baseline_batch": args.baseline_batch,
+        "max_seq_len": args.max_seq_len,
         "threads": args.threads, "matmul_peak": peak, "model_shape": shape,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "cpu_threads": torch.get_num_threads()},

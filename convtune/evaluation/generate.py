@@ -129,6 +129,16 @@ class Generator:
         self.pad_id = int(pad if pad is not None else min(self.stop_ids))
         self._check_full_attention()
         model.eval()
+        # transformers 5.x renamed forward(past_key_values=) to cache= (the old name warns until 5.40).
+        import inspect
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def forward(self, **kwargs: Any) -> Any:
+        """The model's forward with the KV cache passed under this transformers version's name."""
+        kwargs[self.cache_kw] = kwargs.pop("cache")
+        return self.model(**kwargs)
 
     def _check_full_attention(self) -> None:
         from transformers import DynamicCache
@@ -197,11 +207,11 @@ class Rows:
         if self.cache is None:
             self.cache = DynamicCache(config=self.gen.model.config)
         self.mask = torch.cat([self.mask, block_mask], dim=1)
-        out = self.gen.model(
+        out = self.gen.forward(
             input_ids=ids,
             attention_mask=self.mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
@@ -339,8 +349,8 @@ class Rows:
                 self.live[r].append(nxt[g])
                 self.cols[r].append(base)
             mask = torch.cat([mask, block.to(dev)], dim=1)
-            logits = self.gen.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            logits = self.gen.forward(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                                      cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         # Merge shrunk batches back into their parents (dead columns are padded with mask 0).
         while parents:
             p_cache, p_mask, p_group = parents.pop()
@@ -399,8 +409,8 @@ class Rows:
                 pos = torch.arange(n_live, n_live + width).unsqueeze(0).expand(k, -1)
                 cache = DynamicCache([(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in kv])
                 mask = torch.cat([torch.ones(k, n_live, dtype=torch.long, device=dev), block.to(dev)], dim=1)
-                out = self.gen.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                                     past_key_values=cache, use_cache=True)
+                out = self.gen.forward(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                                       cache=cache, use_cache=True)
                 logp = torch.log_softmax(out.logits.float(), dim=-1)
                 for j, i in enumerate(idx):
                     target = torch.tensor(candidates[i][1:], device=dev)
