@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import platform
 import random
 import sys
 import tempfile
@@ -46,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, write_result  # noqa: E402
 
 DEFAULT_DIR = ROOT.parent / "shared" / "datasets" / "banking77"
 TASK = "banking_intent"
@@ -247,14 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "banking77", "model": args.model, "intents": len(labels),
         "test_sample_size": len(test_lm), "test_full_size": len(test_all),
         "settings": {k: v for k, v in vars(args).items() if k not in ("data_dir", "out")},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": args.threads},
+        "machine": machine(args.threads),
         **results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_result(args.out, payload)
 
 
 if __name__ == "__main__":

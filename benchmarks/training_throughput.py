@@ -30,8 +30,6 @@ Prints a table, writes ``benchmarks/results/training_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, write_result  # noqa: E402
 
 TASKS = ["summary", "action_items", "intent", "sentiment"]
 
@@ -220,14 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": TASKS, "pairs_per_step": args.pairs_per_step, "baseline_batch": args.baseline_batch,
         "max_seq_len": args.max_seq_len,
         "threads": args.threads, "matmul_peak": peak, "model_shape": shape,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "cpu_threads": torch.get_num_threads()},
+        "machine": machine(args.threads),
         "results": results, "pairs_per_second_ratio": round(ratio, 2),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_result(args.out, payload)
 
 
 if __name__ == "__main__":
