@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-lm", action="store_true", help="baselines only")
+    ap.add_argument("--no-base", action="store_true", help="skip the base model (same for every size)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "banking77.json")
     args = ap.parse_args(argv)
 
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(labels)
     embed = Embedder()
     results: dict = {"sizes": {}}
-    if not args.skip_lm:
+    if not args.skip_lm and not args.no_base:
         print("evaluating the base model (constrained to the 77 labels) ...", flush=True)
         results["base_model"] = evaluate_lm(args.model, test_lm, task, args.threads)
         print(f"  base accuracy {results['base_model']['accuracy']:.3f}", flush=True)
