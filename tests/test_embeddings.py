@@ -1,0 +1,160 @@
+"""Encoder and collections: batch API, identity checks, content-hash dedup, filters, crash safety."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import date
+
+import numpy as np
+import pytest
+
+from convtune.errors import ConfigError
+from embeddings.encoder import Encoded, EncoderIdentity
+from embeddings.index import Chunk, Collection, Filter
+
+from .conftest import ROOT
+
+
+class HashEncoder:
+    """A deterministic bag-of-words encoder: texts sharing words are close. Counts its calls."""
+
+    def __init__(self, dim: int = 64, name: str = "hash"):
+        self.identity = EncoderIdentity(name, name + "-fp", dim, True, 128)
+        self.dim = dim
+        self.encoded = 0
+
+    def encode(self, texts):
+        self.encoded += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1.0
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+        return Encoded(out, 0)
+
+
+DOCS = [
+    Chunk("refund", "refund policy returns within thirty days", {"channel": "doc", "tags": ["policy"]}),
+    Chunk("roaming", "international roaming pass daily fee", {"channel": "doc", "date": "2026-03-01"}),
+    Chunk("call-1", "customer asks about roaming fee on bill",
+          {"channel": "call", "speaker": "Customer", "date": "2026-03-05", "tags": ["billing", "roaming"]}),
+    Chunk("call-2", "agent explains refund for broken blender",
+          {"channel": "call", "speaker": "Agent", "date": "2026-04-10", "tags": ["refund"]}),
+]
+
+
+@pytest.fixture
+def coll(tmp_path):
+    c = Collection(tmp_path / "acme" / "kb", HashEncoder())
+    c.add(DOCS)
+    yield c
+    c.close()
+
+
+def test_search_ranks_by_shared_meaning(coll):
+    (hits,) = coll.search("roaming fee", k=2)
+    assert {h.id for h in hits} == {"roaming", "call-1"} and hits[0].score >= hits[1].score
+    assert coll.search(["refund policy"], k=1)[0][0].id == "refund"
+
+
+def test_unchanged_text_is_not_reembedded_and_updates_replace(coll):
+    enc = coll.encoder
+    before = enc.encoded
+    report = coll.add(DOCS)
+    assert (report.unchanged, report.added, enc.encoded) == (4, 0, before)
+    report = coll.add([Chunk("refund", "refund window is sixty days now", {"channel": "doc"})])
+    assert (report.updated, enc.encoded) == (1, before + 1)
+    assert coll.get("refund").text == "refund window is sixty days now" and len(coll) == 4
+
+
+def test_delete_and_filters(coll):
+    calls = coll.search("roaming refund fee", k=10, where=Filter(channel="call"))[0]
+    assert {h.id for h in calls} == {"call-1", "call-2"}
+    assert [h.id for h in coll.search("fee", k=10, where=Filter(speaker="Agent"))[0]] == ["call-2"]
+    march = coll.search("fee", k=10, where=Filter(date_from=date(2026, 3, 1), date_to=date(2026, 3, 31)))[0]
+    assert {h.id for h in march} == {"roaming", "call-1"}
+    assert {h.id for h in coll.search("x", k=10, where=Filter(tags=["billing", "roaming"]))[0]} == {"call-1"}
+    assert coll.search("x", k=10, where=Filter(channel="email")) == [[]]
+    assert coll.delete(["call-1", "nope"]) == 1
+    assert "call-1" not in {h.id for h in coll.search("roaming fee", k=10)[0]}
+
+
+def test_persisted_without_pickle_and_reopened(coll, tmp_path):
+    coll.search("fee")
+    files = sorted(p.name for p in coll.folder.iterdir() if not p.name.startswith("docs.sqlite-"))
+    assert files == ["docs.sqlite", "index.faiss", "index.json"]
+    for p in coll.folder.iterdir():
+        assert b"\x80\x04\x95" not in p.read_bytes()[:64]  # no pickle protocol header
+    again = Collection(coll.folder, HashEncoder())
+    assert again.search("roaming fee", k=1)[0][0].id in {"roaming", "call-1"} and len(again) == 4
+    again.close()
+
+
+def test_a_different_encoder_is_refused(coll):
+    with pytest.raises(ConfigError, match="different|not this one"):
+        Collection(coll.folder, HashEncoder(dim=32, name="other"))
+
+
+def test_hnsw_above_the_threshold_finds_the_exact_neighbours(tmp_path):
+    enc = HashEncoder(dim=32)
+    c = Collection(tmp_path / "big", enc, approximate_above=100)
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    c.add([Chunk(f"c{i}", " ".join(rng.choice(words, 6)), {"channel": "chat" if i % 2 else "call"})
+           for i in range(400)])
+    approx = c.search(["w1 w2 w3", "w10 w20"], k=10)
+    assert c.stats()["index"]["kind"] == "hnsw"
+    exact_index = c.build("flat")
+    assert exact_index.ntotal == 400
+    exact = c.search(["w1 w2 w3", "w10 w20"], k=10)
+    # ties are common with bag-of-words vectors: an approximate hit counts when it scores as high
+    # as the exact 10th neighbour
+    recall = np.mean([sum(h.score >= e[-1].score - 1e-5 for h in a) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9
+    c.build("hnsw")
+    assert all(h.metadata["channel"] == "chat" for h in c.search("w1", k=10, where=Filter(channel="chat"))[0])
+    c.close()
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from tests.test_embeddings import HashEncoder
+    from embeddings.index import Chunk, Collection
+    c = Collection({folder!r}, HashEncoder())
+    i = 0
+    while True:
+        batch = [Chunk(f"n{{i}}-{{j}}", f"note {{i}} item {{j}} roaming", {{}}) for j in range(50)]
+        c.add(batch, batch_size=50)
+        print(i, flush=True)
+        i += 1
+""")
+
+
+def test_kill_9_during_adds_leaves_a_readable_index(coll):
+    coll.search("fee")  # the index file exists before the writer starts
+    script = WRITER.format(root=str(ROOT), folder=str(coll.folder))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for _ in range(3):  # let it commit a few batches, then kill it mid-write
+            assert proc.stdout.readline(), "writer died"
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reopened = Collection(coll.folder, HashEncoder())
+    n = len(reopened)
+    assert n >= 4 + 150 and (n - 4) % 50 == 0  # whole batches only
+    hits = reopened.search("refund policy returns within thirty days", k=3)[0]  # its exact text
+    assert hits and hits[0].id == "refund"
+    assert reopened.index().ntotal == n
+    reopened.close()
