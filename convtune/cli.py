@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_evaluate_parser(sub)
 
+    from embeddings.cli import add_index_parser
+
+    add_index_parser(sub)
+
     model = sub.add_parser("model", help="prepare and inspect base models")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     p = msub.add_parser("prepare", help="resolve a model (converting the packaged GGUF once) and load it")

@@ -101,7 +101,9 @@ class Encoder:
         self.max_tokens = min(limit, max_tokens) if max_tokens else limit
         self.model.max_seq_length = self.max_tokens
         self.batch_size = batch_size
-        dim = self.model.get_sentence_embedding_dimension()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
+        dim = get_dim()
         self.identity = EncoderIdentity(name, _fingerprint(folder), int(dim), True, self.max_tokens)
 
     @property
@@ -110,7 +112,8 @@ class Encoder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         tok = self.model.tokenizer
-        return [len(ids) for ids in tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]]
+        ids = tok(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return [len(x) for x in ids]
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> Encoded:
         """``texts`` -> normalised float32 vectors ``(len(texts), dim)`` and the truncation count."""

@@ -74,7 +74,7 @@ class Hit:
 
 @dataclass
 class Filter:
-    """Metadata filter; every set field must match."""
+    """Metadata filter; every set field must match (``speaker``: one of the chunk's speakers)."""
 
     speaker: str | None = None
     channel: str | None = None
@@ -84,9 +84,9 @@ class Filter:
 
     def sql(self) -> tuple[str, list[Any]]:
         where, args = [], []
-        if self.speaker is not None:
-            where.append("speaker = ?")
-            args.append(self.speaker)
+        if self.speaker is not None:  # any of the chunk's speakers
+            where.append("speaker LIKE ?")
+            args.append(f"%|{self.speaker}|%")
         if self.channel is not None:
             where.append("channel = ?")
             args.append(self.channel)
@@ -117,13 +117,18 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _bars(values: Any) -> str | None:
+    """``["a", "b"]`` -> ``"|a|b|"`` (matched with LIKE '%|a|%'); ``None`` when empty."""
+    if isinstance(values, str):
+        values = [values]
+    values = [str(v) for v in values or [] if v is not None]
+    return "|" + "|".join(values) + "|" if values else None
+
+
 def _filter_columns(meta: dict[str, Any]) -> tuple[Any, ...]:
-    tags = meta.get("tags") or []
-    if isinstance(tags, str):
-        tags = [tags]
     d = meta.get("date")
-    return (meta.get("speaker"), meta.get("channel"), str(d)[:10] if d else None,
-            "|" + "|".join(str(t) for t in tags) + "|" if tags else None)
+    return (_bars(meta.get("speakers") or meta.get("speaker")), meta.get("channel"),
+            str(d)[:10] if d else None, _bars(meta.get("tags")))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -158,3 +159,73 @@ def test_kill_9_during_adds_leaves_a_readable_index(coll):
     assert hits and hits[0].id == "refund"
     assert reopened.index().ntotal == n
     reopened.close()
+
+
+# ---- the real default encoder and the CLI on the sample data -------------------------------
+
+ADD = ["index", "add", str(ROOT / "examples/data/test.jsonl"), "-c", "calls", "--tenant", "acme"]
+QUERIES = [  # hand-checked against examples/data/test.jsonl
+    ("fiber line cut by construction crew, internet outage", "telecom-022", 1),
+    ("savings account for my eight year old daughter", "banking-021", 1),
+    ("will the dishwasher fit my cutout", "retail-010", 1),
+    ("calls fail after switching to an eSIM", "telecom-004", 3),
+]
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    from convtune.cli import main
+
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("CONVTUNE_HOME")
+    os.environ["CONVTUNE_HOME"] = str(home)
+    try:
+        assert main(ADD) == 0
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("CONVTUNE_HOME", None)
+        else:
+            os.environ["CONVTUNE_HOME"] = old
+
+
+@pytest.mark.parametrize(("query", "conversation", "within"), QUERIES)
+def test_cli_search_finds_the_right_conversation(indexed, capsys, query, conversation, within):
+    from convtune.cli import main
+
+    capsys.readouterr()
+    assert main(["index", "search", query, "-c", "calls", "--tenant", "acme", "-k", "3", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert conversation in [h["metadata"]["conversation_id"] for h in hits[:within]]
+    top = hits[0]
+    assert top["text"].startswith("[t") and top["metadata"]["turn_ids"][0] in top["text"]
+
+
+def test_cli_stats_filters_and_delete(indexed, capsys):
+    from convtune.cli import main
+
+    capsys.readouterr()
+    assert main(ADD) == 0
+    assert "0 added, 0 updated, 155 unchanged" in capsys.readouterr().out  # nothing re-embedded
+    assert main(["index", "search", "refund", "-c", "calls", "--tenant", "acme", "--channel", "chat",
+                 "-k", "10", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert hits and all(h["metadata"]["channel"] == "chat" for h in hits)
+    assert main(["index", "stats", "-c", "calls", "--tenant", "acme"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["encoder"]["name"] == "all-minilm-l6-v2" and stats["encoder"]["dim"] == 384
+    assert stats["index"]["kind"] == "flat" and stats["count"] == 155
+    assert main(["index", "delete", "-c", "calls", "--tenant", "acme", "--conversation", "telecom-022"]) == 0
+    assert main(["index", "search", QUERIES[0][0], "-c", "calls", "--tenant", "acme", "--json"]) == 0
+    assert "telecom-022" not in capsys.readouterr().out.split("deleted")[-1]
+
+
+def test_cli_errors(indexed, capsys):
+    from convtune.cli import main
+
+    assert main(["index", "search", "x", "-c", "nope", "--tenant", "acme"]) == 2
+    assert "no collection 'nope'" in capsys.readouterr().err
+    assert main(["index", "search", "x", "-c", "calls", "--tenant", "globex"]) == 2  # other tenant: not found
+    capsys.readouterr()
+    assert main([*ADD[:3], "-c", "../escape"]) == 2
+    assert "collection name" in capsys.readouterr().err

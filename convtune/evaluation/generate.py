@@ -133,7 +133,8 @@ class Generator:
         import inspect
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        params = inspect.signature(base.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, **kwargs: Any) -> Any:
         """The model's forward with the KV cache passed under this transformers version's name."""
