@@ -229,3 +229,30 @@ def test_cli_errors(indexed, capsys):
     capsys.readouterr()
     assert main([*ADD[:3], "-c", "../escape"]) == 2
     assert "collection name" in capsys.readouterr().err
+
+
+def test_document_chunks_follow_headings_with_overlap():
+    from embeddings.chunking import chunk_document
+
+    para = " ".join(f"w{i}" for i in range(40))
+    text = f"# Refunds\n\n{para}\n\n{para}\n\n{para}\n\n## Roaming\n\nDaily pass costs ten dollars.\n"
+    chunks = chunk_document("policy", text, max_words=90)
+    assert [c.id for c in chunks] == ["policy#0", "policy#1", "policy#2"]
+    assert all(c.text.startswith("Refunds\n") for c in chunks[:2]) and chunks[2].text.startswith("Roaming\n")
+    assert chunks[1].text.count(para) == 2  # the previous chunk's last paragraph is repeated
+    assert chunks[2].metadata == {"source": "policy", "kind": "document", "chunk": 2, "heading": "Roaming"}
+
+
+def test_conversation_windows_cover_every_turn_and_keep_speakers():
+    from convtune.conversation import Conversation, Turn
+    from embeddings.chunking import chunk_conversation
+
+    turns = [Turn(id=f"t{i}", speaker="Customer" if i % 2 else "Agent", text=f"x{i}") for i in range(1, 12)]
+    conv = Conversation(id="c9", turns=turns)
+    chunks = chunk_conversation(conv, window=4, stride=3)
+    covered = {t for c in chunks for t in c.metadata["turn_ids"]}
+    assert covered == {f"t{i}" for i in range(1, 12)} and chunks[-1].metadata["turn_ids"][-1] == "t11"
+    assert chunks[0].id == "c9#t1-t4" and chunks[0].text.splitlines()[0] == "[t1] Customer: x1"
+    assert chunks[0].metadata["speakers"] == ["Customer", "Agent"]
+    with pytest.raises(ConfigError):
+        chunk_conversation(conv, window=2, stride=3)
