@@ -188,6 +188,24 @@ def test_chained_with_cache_equals_chained_without_cache(tiny, convs):
     assert all(a.prompt_tokens > by_key[(a.conversation_id, a.task)] for a in later)
 
 
+def test_retrieved_context_reaches_every_prompt(tiny, convs):
+    from convtune.renderer import CONTEXT_OPEN, ContextChunk
+
+    ctx = {convs[0].id: [ContextChunk("Refunds take five business days.", source="kb/refunds#0")]}
+    plain = _run(tiny, convs, strategy="chained", batch_size=2, constrained=True)
+    grounded = _run(tiny, convs, strategy="chained", batch_size=2, constrained=True, context=ctx)
+    fresh = _run(tiny, convs, strategy="chained", reuse_cache=False, batch_size=1, constrained=True,
+                 context=ctx)
+    assert _ids(grounded) == _ids(fresh)  # the cache stays exact with context in the prefix
+    before = {(a.conversation_id, a.task): a.prompt_tokens for a in plain.answers}
+    for a in grounded.answers:
+        longer = a.prompt_tokens > before[(a.conversation_id, a.task)]
+        assert longer == (a.conversation_id == convs[0].id)
+    marker = tiny[2].tokenizer(CONTEXT_OPEN, add_special_tokens=False)["input_ids"]
+    prompt = tiny[2].prompt(convs[0], TASKS[0].instruction, context=ctx[convs[0].id]).input_ids
+    assert any(prompt[i:i + len(marker)] == marker for i in range(len(prompt)))
+
+
 def test_independent_with_shared_prefix_cache_equals_batched(tiny, convs):
     batched = _run(tiny, convs, strategy="independent", reuse_cache=False, batch_size=4)
     shared = _run(tiny, convs, strategy="independent", reuse_cache=True, batch_size=2)

@@ -24,7 +24,7 @@ from typing import Any
 from convtune.conversation import Conversation
 from convtune.errors import ConfigError, DataValidationError, Problem
 from convtune.evaluation.generate import AnswerRun, Generator, answer_tasks
-from convtune.renderer import Renderer
+from convtune.renderer import ContextChunk, Renderer
 
 # ---- models -----------------------------------------------------------------------
 
@@ -261,6 +261,7 @@ def evaluate(
     constrained: bool | str | Collection[str] | None = None,
     max_new_tokens: Mapping[str, int] | None = None,
     device: str = "auto",
+    context: Mapping[str, Sequence[ContextChunk]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Answer, parse and score every task on every labelled conversation.
@@ -271,7 +272,7 @@ def evaluate(
             ``tokenizer``; ``renderer`` defaults to ``Renderer(tokenizer)``).
         conversations: conversations, or a file :func:`convtune.data.load_conversations` reads.
         tasks: task objects or registry names; default: the run's tasks, else the core tasks.
-        strategy, reuse_cache, constrained, max_new_tokens: see
+        strategy, reuse_cache, constrained, max_new_tokens, context: see
             :func:`convtune.evaluation.generate.answer_tasks`.
     """
     source = "conversations"
@@ -300,7 +301,7 @@ def evaluate(
         run = answer_tasks(
             Generator(model.model, model.tokenizer), model.renderer, labelled, task_objs,
             strategy=strategy, batch_size=batch_size, reuse_cache=reuse_cache, constrained=constrained,
-            max_new_tokens=max_new_tokens, only_labelled=True, progress=progress,
+            max_new_tokens=max_new_tokens, only_labelled=True, context=context, progress=progress,
         )
     seconds = time.perf_counter() - t0
     label = name or model.name

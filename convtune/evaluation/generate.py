@@ -38,7 +38,7 @@ from typing import Any
 
 from convtune.conversation import Conversation
 from convtune.errors import ConfigError
-from convtune.renderer import Renderer, TaskTurn
+from convtune.renderer import ContextChunk, Encoded, Renderer, TaskTurn
 
 STRATEGIES = ("independent", "chained")
 
@@ -552,6 +552,7 @@ def answer_tasks(
     constrained: bool | str | Collection[str] | None = None,
     max_new_tokens: Mapping[str, int] | None = None,
     only_labelled: bool = False,
+    context: Mapping[str, Sequence[ContextChunk]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AnswerRun:
     """Answer every task about every conversation.
@@ -565,6 +566,8 @@ def answer_tasks(
         constrained: see :func:`resolve_constrained`.
         max_new_tokens: budget overrides by task name or kind.
         only_labelled: ask a task only of conversations carrying its gold label.
+        context: reference material per conversation id (retrieved documents or labelled
+            examples), placed in the renderer's context slot of every prompt.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -578,6 +581,10 @@ def answer_tasks(
     budgets = {t.name: max_new_tokens_for(t, max_new_tokens) for t in tasks}
     timings = {t.name: TaskTiming(t.name) for t in tasks}
     results: dict[tuple[int, str], Answer] = {}
+    context = context or {}
+
+    def prompt(conv: Conversation, task: Any, prior: Sequence[TaskTurn] = ()) -> Encoded:
+        return renderer.prompt(conv, task.instruction, answered=prior, context=context.get(conv.id, ()))
     say = progress or (lambda _msg: None)
 
     def asked(conv: Conversation, task: Any) -> bool:
@@ -634,7 +641,7 @@ def answer_tasks(
     if not reuse_cache and strategy == "independent":
         # Batch across conversations: one task at a time, prompts sorted by length.
         for task in tasks:
-            work = [(ci, renderer.prompt(conv, task.instruction))
+            work = [(ci, prompt(conv, task))
                     for ci, conv in enumerate(conversations) if asked(conv, task)]
             work.sort(key=lambda w: len(w[1]))
             for start in range(0, len(work), batch_size):
@@ -646,7 +653,7 @@ def answer_tasks(
     else:
         # Rows are conversations; tasks are asked in order, each row keeping its cache.
         order = sorted(range(len(conversations)),
-                       key=lambda ci: len(renderer.prompt(conversations[ci], tasks[0].instruction)))
+                       key=lambda ci: len(prompt(conversations[ci], tasks[0])))
         for start in range(0, len(order), batch_size):
             conv_idx = order[start:start + batch_size]
             rows = generator.rows(len(conv_idx), reuse=reuse_cache)
@@ -659,7 +666,7 @@ def answer_tasks(
                         items.append(None)
                         continue
                     prior = answered[r] if strategy == "chained" else []
-                    items.append((ci, renderer.prompt(conv, task.instruction, answered=prior)))
+                    items.append((ci, prompt(conv, task, prior)))
                 if all(it is None for it in items):
                     continue
                 for r, a in enumerate(run_step(rows, task, items)):
