@@ -256,3 +256,26 @@ def test_conversation_windows_cover_every_turn_and_keep_speakers():
     assert chunks[0].metadata["speakers"] == ["Customer", "Agent"]
     with pytest.raises(ConfigError):
         chunk_conversation(conv, window=2, stride=3)
+
+
+def test_few_shot_context_brings_similar_labelled_examples(tmp_path):
+    from convtune.conversation import Conversation, Turn
+    from embeddings.fewshot import few_shot_context, index_examples
+    from tasks import ClassificationTask
+
+    task = ClassificationTask("topic", "Topic?", ["roaming", "refund"])
+
+    def conv(cid, text, label=None):
+        return Conversation(id=cid, turns=[Turn(id="t1", speaker="Customer", text=text)],
+                            labels={"topic": label} if label else {})
+
+    train = [conv("a", "roaming pass charged twice abroad", "roaming"),
+             conv("b", "refund for broken blender please", "refund"),
+             conv("c", "roaming data abroad not working", "roaming")]
+    coll = Collection(tmp_path / "ex", HashEncoder())
+    assert index_examples(coll, train + [conv("u", "no label here")], task) == 3
+    ctx = few_shot_context(coll, [conv("q", "charged for roaming abroad"), train[0]], task, k=2)
+    assert [c.source for c in ctx["q"]][-1] in {"example a", "example c"}  # the nearest comes last
+    assert ctx["q"][-1].text.endswith("Answer (topic): roaming") and "[t1] Customer:" in ctx["q"][-1].text
+    assert "example a" not in [c.source for c in ctx["a"]] and len(ctx["a"]) == 2  # never itself
+    coll.close()
