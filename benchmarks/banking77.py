@@ -15,6 +15,10 @@ seed 0), in one run:
   (the code ``convtune evaluate`` runs) with decoding constrained to the 77
   labels. The base model is evaluated the same way, once.
 
+With ``--few-shot K`` the base and tuned models are also evaluated with the K
+most similar labelled training utterances retrieved (default encoder) into the
+prompt's reference-material slot, each with its label.
+
 The task is a custom classification task with ``show_labels: false``: the 77
 labels would cost ~500 prompt tokens per example (7x the utterance), so the
 prompt says "Answer with one label." and constrained decoding keeps answers in
@@ -162,12 +166,25 @@ def train_convtune(args, rows, task, workdir: Path) -> tuple[Path, dict]:
     return res.run_dir, res.metrics
 
 
-def evaluate_lm(model_ref, rows, task, threads: int) -> dict:
+def few_shot(train_rows, test_rows, task, k: int, encoder) -> dict:
+    """Reference material per test conversation: its ``k`` nearest training examples with labels."""
+    from embeddings.fewshot import few_shot_context, index_examples
+    from embeddings.index import Collection
+
+    with tempfile.TemporaryDirectory(prefix="convtune-b77-fewshot-") as tmp:
+        coll = Collection(Path(tmp) / "examples", encoder)
+        index_examples(coll, conversations(train_rows, "b77-train"), task)
+        ctx = few_shot_context(coll, conversations(test_rows, "b77-test"), task, k)
+        coll.close()
+    return ctx
+
+
+def evaluate_lm(model_ref, rows, task, threads: int, context: dict | None = None) -> dict:
     from convtune.evaluation import evaluate
 
     t0 = time.perf_counter()
     res = evaluate(model_ref, conversations(rows, "b77-test"), [task], constrained=True, batch_size=16,
-                   progress=None)
+                   context=context, progress=None)
     scores = res.tasks[TASK].metrics
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
             "parse_failure_rate": scores["parse_failure_rate"],
@@ -188,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-lm", action="store_true", help="baselines only")
     ap.add_argument("--no-base", action="store_true", help="skip the base model (same for every size)")
+    ap.add_argument("--few-shot", type=int, default=0, metavar="K",
+                    help="also evaluate base and tuned with the K most similar labelled training examples "
+                         "retrieved into the prompt (issue 4's retrieval lever)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "banking77.json")
     args = ap.parse_args(argv)
 
@@ -221,11 +241,21 @@ def main(argv: list[str] | None = None) -> int:
               f"MiniLM 1-NN {entry['minilm_nearest_neighbour']['test_sample']:.3f}, "
               f"MiniLM+LR {entry['minilm_logreg']['test_sample']:.3f} (test sample)", flush=True)
         if not args.skip_lm and (args.lm_per_intent is None or k in args.lm_per_intent):
+            ctx = None
+            if args.few_shot:
+                from embeddings.encoder import Encoder
+
+                ctx = few_shot(rows, test_lm, task, args.few_shot, Encoder())
+                entry["base_few_shot"] = evaluate_lm(args.model, test_lm, task, args.threads, ctx)
+                print(f"  base + {args.few_shot} retrieved examples {entry['base_few_shot']['accuracy']:.3f}",
+                      flush=True)
             with tempfile.TemporaryDirectory(prefix="convtune-b77-") as tmp:
                 t0 = time.perf_counter()
                 run_dir, metrics = train_convtune(args, rows, task, Path(tmp))
                 train_seconds = time.perf_counter() - t0
                 tuned = evaluate_lm(run_dir, test_lm, task, args.threads)
+                if ctx is not None:
+                    entry["tuned_few_shot"] = evaluate_lm(run_dir, test_lm, task, args.threads, ctx)
             tuned.update({"train_seconds": round(train_seconds, 1), "train_tokens": metrics["tokens"],
                           "train_tokens_per_second": metrics["tokens_per_second"],
                           "final_train_loss": metrics["final_train_loss"]})
@@ -234,14 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         results["sizes"][str(k)] = entry
 
     header = (f"{'train / intent':<16}{'TF-IDF+LR':>11}{'MiniLM 1-NN':>13}{'MiniLM+LR':>11}"
-              f"{'base LM':>9}{'tuned LM':>10}")
+              f"{'base LM':>9}{'tuned LM':>10}{'base+RAG':>10}{'tuned+RAG':>11}")
     print(f"\nintent accuracy on the stratified test sample ({len(test_lm)} texts)\n{header}")
     base_acc = results.get("base_model", {}).get("accuracy")
     for k, e in results["sizes"].items():
         tuned_acc = e.get("convtune_tuned", {}).get("accuracy")
         cells = [e["tfidf_logreg"]["test_sample"], e["minilm_nearest_neighbour"]["test_sample"],
-                 e["minilm_logreg"]["test_sample"], base_acc, tuned_acc]
-        widths = [11, 13, 11, 9, 10]
+                 e["minilm_logreg"]["test_sample"], base_acc, tuned_acc,
+                 e.get("base_few_shot", {}).get("accuracy"), e.get("tuned_few_shot", {}).get("accuracy")]
+        widths = [11, 13, 11, 9, 10, 10, 11]
         print(f"{k:<16}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths)))
 
     payload = {

@@ -62,3 +62,15 @@ def test_training_throughput_baseline_rows_are_one_task_per_example(default_mode
         assert [m["role"] for m in row["prompt"]] == ["system", "user"]
         assert row["completion"][0]["role"] == "assistant"
     json.dumps(rows)  # a plain TRL dataset row
+
+
+def test_banking77_few_shot_context_holds_labelled_neighbours(b77):
+    from tests.test_embeddings import HashEncoder
+
+    train = [("where is my new card", "card_arrival"), ("card still not delivered", "card_arrival"),
+             ("euro exchange rate", "exchange_rate"), ("what rate for dollars", "exchange_rate")]
+    test = [("my card was not delivered", "card_arrival")]
+    task = b77.make_task(["card_arrival", "exchange_rate"])
+    ctx = b77.few_shot(train, test, task, 2, HashEncoder())
+    (examples,) = ctx.values()
+    assert len(examples) == 2 and examples[-1].text.endswith("Answer (banking_intent): card_arrival")
