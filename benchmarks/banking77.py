@@ -95,14 +95,12 @@ def tfidf_lr(train: list[tuple[str, str]], tests: dict[str, list[tuple[str, str]
 
 
 class Embedder:
-    """The default sentence encoder, with a cache (train and test texts are embedded once)."""
+    """convtune's default encoder with a cache (train and test texts are embedded once)."""
 
     def __init__(self):
-        from sentence_transformers import SentenceTransformer
+        from embeddings.encoder import Encoder
 
-        from embeddings import default_encoder_dir
-
-        self.model = SentenceTransformer(str(default_encoder_dir()), device="cpu")
+        self.encoder = Encoder()
         self.cache: dict[str, object] = {}
 
     def __call__(self, texts: list[str]):
@@ -110,9 +108,8 @@ class Embedder:
 
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if todo:
-            vecs = self.model.encode(todo, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-            self.cache.update(zip(todo, vecs, strict=True))
-        return np.stack([self.cache[t] for t in texts]).astype("float32")
+            self.cache.update(zip(todo, self.encoder.encode(todo).vectors, strict=True))
+        return np.stack([self.cache[t] for t in texts])
 
 
 def embedding_baselines(embed: Embedder, train: list[tuple[str, str]],
@@ -243,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_lm and (args.lm_per_intent is None or k in args.lm_per_intent):
             ctx = None
             if args.few_shot:
-                from embeddings.encoder import Encoder
-
-                ctx = few_shot(rows, test_lm, task, args.few_shot, Encoder())
+                ctx = few_shot(rows, test_lm, task, args.few_shot, embed.encoder)
                 entry["base_few_shot"] = evaluate_lm(args.model, test_lm, task, args.threads, ctx)
                 print(f"  base + {args.few_shot} retrieved examples {entry['base_few_shot']['accuracy']:.3f}",
                       flush=True)

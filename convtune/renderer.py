@@ -85,6 +85,11 @@ def format_turn(turn_id: str, speaker: str, text: str) -> str:
     return f"[{turn_id}] {speaker}: {text}"
 
 
+def format_example(text: str, task_name: str, answer: str) -> str:
+    """A labelled example for the reference-material slot (few-shot): its text, then its answer."""
+    return f"{text}\nAnswer ({task_name}): {answer}"
+
+
 class Renderer:
     """Renders conversations for one tokenizer (whose chat template it uses).
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from convtune.conversation import Conversation
-from convtune.renderer import ContextChunk, format_turn
+from convtune.renderer import ContextChunk, format_example, format_turn
 from embeddings.index import Chunk, Collection
 
 
@@ -57,7 +57,7 @@ def few_shot_context(collection: Collection, conversations: Sequence[Conversatio
     for conv, found in zip(conversations, hits, strict=True):
         chosen = [h for h in found if h.metadata.get("conversation_id") != conv.id
                   and h.metadata.get("task") == task.name][:k]
-        out[conv.id] = [ContextChunk(f"{h.text}\nAnswer ({task.name}): {h.metadata['answer']}",
+        out[conv.id] = [ContextChunk(format_example(h.text, task.name, h.metadata["answer"]),
                                      source=f"example {h.metadata['conversation_id']}")
                         for h in reversed(chosen)]
     return out

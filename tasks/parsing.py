@@ -41,10 +41,15 @@ def find_json(text: str) -> tuple[list[tuple[int, Any]], list[int]]:
     The whole (fence-stripped) text is tried first; otherwise it is scanned left
     to right for ``[``/``{`` that open a decodable value, skipping the inside of
     values already found (so a list inside an object is not a separate value).
-    Trailing text after a value is ignored. Trailing commas (``{"a": 1,}``) are
-    removed first, the one repair that cannot change what the model meant.
+    Trailing text after a value is ignored. Text that is not valid JSON as a whole
+    is first tried with trailing commas removed (``{"a": 1,}``), the one repair
+    applied; valid JSON is never rewritten (a ``", }"`` inside a string stays).
     """
     body = strip_fences(text)
+    try:
+        return [(0, json.loads(body))], []
+    except (ValueError, RecursionError):
+        pass
     repaired = _TRAILING_COMMA.sub(r"\1", body)
     if repaired != body:
         values, broken = _scan(repaired)

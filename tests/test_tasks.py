@@ -129,6 +129,7 @@ TOLERATED = [
     ("sentiment", f'```json\n{json.dumps(SENT, indent=2)}\n```', SENT),
     ("sentiment", '{\n  "overall": "negative",\n  "start": "negative",\n  "end": "neutral",\n}', SENT),
     ("action_items", f"[{ITEM_JSON},]", [ITEM]),  # trailing commas are the one repair
+    ("topics", '["billing, ]", "refund"]', ["billing, ]", "refund"]),  # valid JSON is never rewritten
     ("summary", "Summary: Customer called about a bill.", "Customer called about a bill."),
     ("summary", "```\nCustomer called about a bill.\n```", "Customer called about a bill."),
     ("topics", '{"topics": ["billing", "refund"]}', ["billing", "refund"]),
