@@ -17,7 +17,10 @@ seed 0), in one run:
 
 With ``--few-shot K`` the base and tuned models are also evaluated with the K
 most similar labelled training utterances retrieved (default encoder) into the
-prompt's reference-material slot, each with its label.
+prompt's reference-material slot, each with its label; and a second adapter is
+trained with ``data.few_shot: K`` (every training prompt carries its K nearest
+other training examples) and evaluated with examples retrieved from its own
+run index, as ``convtune evaluate`` and serving do.
 
 The task is a custom classification task with ``show_labels: false``: the 77
 labels would cost ~500 prompt tokens per example (7x the utterance), so the
@@ -145,7 +148,7 @@ def conversations(rows: list[tuple[str, str]], prefix: str):
                          labels={TASK: label}) for i, (text, label) in enumerate(rows)]
 
 
-def train_convtune(args, rows, task, workdir: Path) -> tuple[Path, dict]:
+def train_convtune(args, rows, task, workdir: Path, few_shot: int = 0) -> tuple[Path, dict]:
     from convtune.ingest import write_conversations
     from convtune.training import load_config, train
 
@@ -155,9 +158,10 @@ def train_convtune(args, rows, task, workdir: Path) -> tuple[Path, dict]:
         "model.name": args.model, "data.train": str(data), "data.validation_fraction": 0.0,
         "data.max_transcript_tokens": 192, "tasks.names": [TASK],
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.grad_accum": 1,
-        "train.max_seq_len": 256, "train.lr": args.lr, "train.warmup_ratio": 0.05,
+        "data.few_shot": few_shot, "train.max_seq_len": 256 + 64 * few_shot,
+        "train.lr": args.lr, "train.warmup_ratio": 0.05,
         "train.eval_every": 0, "train.save_every": 10_000, "train.log_every": 10, "train.seed": 0,
-        "output.dir": str(workdir / "run"),
+        "output.dir": str(workdir / ("run-few-shot" if few_shot else "run")),
     })
     res = train(cfg, tasks=[task], progress=True)
     return res.run_dir, res.metrics
@@ -176,6 +180,12 @@ def few_shot(train_rows, test_rows, task, k: int, encoder) -> dict:
     return ctx
 
 
+def train_stats(metrics: dict, seconds: float) -> dict:
+    return {"train_seconds": round(seconds, 1), "train_tokens": metrics["tokens"],
+            "train_tokens_per_second": metrics["tokens_per_second"],
+            "final_train_loss": metrics["final_train_loss"]}
+
+
 def evaluate_lm(model_ref, rows, task, threads: int, context: dict | None = None) -> dict:
     from convtune.evaluation import evaluate
 
@@ -183,9 +193,10 @@ def evaluate_lm(model_ref, rows, task, threads: int, context: dict | None = None
     res = evaluate(model_ref, conversations(rows, "b77-test"), [task], constrained=True, batch_size=16,
                    context=context, progress=None)
     scores = res.tasks[TASK].metrics
+    seconds = time.perf_counter() - t0
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
-            "parse_failure_rate": scores["parse_failure_rate"],
-            "seconds_per_example": round((time.perf_counter() - t0) / len(rows), 3)}
+            "parse_failure_rate": scores["parse_failure_rate"], "seconds": round(seconds, 1),
+            "seconds_per_example": round(seconds / len(rows), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,27 +258,36 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="convtune-b77-") as tmp:
                 t0 = time.perf_counter()
                 run_dir, metrics = train_convtune(args, rows, task, Path(tmp))
-                train_seconds = time.perf_counter() - t0
                 tuned = evaluate_lm(run_dir, test_lm, task, args.threads)
+                tuned.update(train_stats(metrics, time.perf_counter() - t0 - tuned["seconds"]))
+                entry["convtune_tuned"] = tuned
+                print(f"  convtune tuned accuracy {tuned['accuracy']:.3f}", flush=True)
                 if ctx is not None:
                     entry["tuned_few_shot"] = evaluate_lm(run_dir, test_lm, task, args.threads, ctx)
-            tuned.update({"train_seconds": round(train_seconds, 1), "train_tokens": metrics["tokens"],
-                          "train_tokens_per_second": metrics["tokens_per_second"],
-                          "final_train_loss": metrics["final_train_loss"]})
-            entry["convtune_tuned"] = tuned
-            print(f"  convtune tuned accuracy {tuned['accuracy']:.3f}", flush=True)
+                    print(f"  tuned + {args.few_shot} retrieved examples "
+                          f"{entry['tuned_few_shot']['accuracy']:.3f}", flush=True)
+                    # trained on prompts that carry retrieved examples; evaluation retrieves from
+                    # the run's own example index (the same training rows), as serving would
+                    t0 = time.perf_counter()
+                    run_dir, metrics = train_convtune(args, rows, task, Path(tmp), few_shot=args.few_shot)
+                    rag = evaluate_lm(run_dir, test_lm, task, args.threads)
+                    rag.update(train_stats(metrics, time.perf_counter() - t0 - rag["seconds"]))
+                    entry["tuned_with_few_shot_training"] = rag
+                    print(f"  tuned with {args.few_shot} retrieved examples in training and evaluation "
+                          f"{rag['accuracy']:.3f}", flush=True)
         results["sizes"][str(k)] = entry
 
     header = (f"{'train / intent':<16}{'TF-IDF+LR':>11}{'MiniLM 1-NN':>13}{'MiniLM+LR':>11}"
-              f"{'base LM':>9}{'tuned LM':>10}{'base+RAG':>10}{'tuned+RAG':>11}")
+              f"{'base LM':>9}{'tuned LM':>10}{'base+RAG':>10}{'tuned+RAG':>11}{'RAG-tuned':>11}")
     print(f"\nintent accuracy on the stratified test sample ({len(test_lm)} texts)\n{header}")
     base_acc = results.get("base_model", {}).get("accuracy")
     for k, e in results["sizes"].items():
         tuned_acc = e.get("convtune_tuned", {}).get("accuracy")
         cells = [e["tfidf_logreg"]["test_sample"], e["minilm_nearest_neighbour"]["test_sample"],
                  e["minilm_logreg"]["test_sample"], base_acc, tuned_acc,
-                 e.get("base_few_shot", {}).get("accuracy"), e.get("tuned_few_shot", {}).get("accuracy")]
-        widths = [11, 13, 11, 9, 10, 10, 11]
+                 e.get("base_few_shot", {}).get("accuracy"), e.get("tuned_few_shot", {}).get("accuracy"),
+                 e.get("tuned_with_few_shot_training", {}).get("accuracy")]
+        widths = [11, 13, 11, 9, 10, 10, 11, 11]
         print(f"{k:<16}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths)))
 
     payload = {

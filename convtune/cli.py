@@ -172,11 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per conversation")
     p.set_defaults(func=cmd_analytics)
 
-    from convtune.evaluation.cli import add_evaluate_parser
+    from convtune.evaluation.cli import add_chat_parser, add_evaluate_parser
     from convtune.training.cli import add_train_parser
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_chat_parser(sub)
 
     from embeddings.cli import add_index_parser
 

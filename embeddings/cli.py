@@ -22,8 +22,9 @@ def add_index_parser(subparsers: Any) -> None:
         p.add_argument("--collection", "-c", default="default", help="collection name (default: default)")
         p.add_argument("--tenant", default="default", help="tenant that owns the collection")
 
-    p = isub.add_parser("add", help="add documents (.md/.txt) or conversations (any `data import` format)")
-    p.add_argument("files", nargs="+", type=Path)
+    p = isub.add_parser("add", help="add documents (.md/.txt, or folders of them) or conversations "
+                        "(any `data import` format)")
+    p.add_argument("files", nargs="+", type=Path, metavar="PATH")
     common(p)
     p.add_argument("--window", type=int, default=6, help="turns per conversation chunk")
     p.add_argument("--stride", type=int, default=4, help="turns between conversation chunk starts")
@@ -76,7 +77,10 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 
     from embeddings.store import open_collection
 
-    chunks = [c for f in args.files for c in _chunks_of(f, args)]  # every file validated before any write
+    files = []
+    for f in args.files:  # a folder stands for the documents in it
+        files += sorted(p for p in f.rglob("*") if p.suffix.lower() in _DOC_SUFFIXES) if f.is_dir() else [f]
+    chunks = [c for f in files for c in _chunks_of(f, args)]  # every file validated before any write
     coll = open_collection(args.collection, args.tenant)
     total = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0}
     step = 256

@@ -36,7 +36,8 @@ import numpy as np
 from convtune.errors import ConfigError
 
 APPROXIMATE_ABOVE = 50_000
-HNSW_M = 32
+HNSW_M = 32  # graph degree; see benchmarks/embeddings_index.py for the recall/latency measured
+HNSW_EF_CONSTRUCTION = 128
 HNSW_EF_SEARCH = 128
 
 _SCHEMA = """
@@ -271,6 +272,7 @@ class Collection:
         kind = kind or ("hnsw" if len(ids) > self.approximate_above else "flat")
         if kind == "hnsw":
             inner = faiss.IndexHNSWFlat(self.encoder.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             inner.hnsw.efSearch = HNSW_EF_SEARCH
         elif kind == "flat":
             inner = faiss.IndexFlatIP(self.encoder.dim)
@@ -305,15 +307,22 @@ class Collection:
 
     # ---- reads -------------------------------------------------------------------------
 
-    def search(self, query: str | Sequence[str], k: int = 5, where: Filter | None = None) -> list[list[Hit]]:
-        """Top-``k`` chunks by cosine similarity for each query (a list of hit lists)."""
+    def search(self, query: str | Sequence[str], k: int = 5, where: Filter | None = None, *,
+               ef_search: int | None = None) -> list[list[Hit]]:
+        """Top-``k`` chunks by cosine similarity for each query (a list of hit lists).
+
+        ``ef_search`` (HNSW only, default ``HNSW_EF_SEARCH``): candidates explored per
+        query; higher is slower and closer to exact.
+        """
         import faiss
 
         queries = [query] if isinstance(query, str) else list(query)
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        if ef_search is not None and ef_search < k:
+            raise ConfigError(f"ef_search must be at least k ({k}), got {ef_search}")
         index = self.index()
-        params = None
+        sel = None
         if where is not None and not where.empty():
             clause, args = where.sql()
             rows = self.db.execute(f"SELECT rowid FROM items WHERE {clause}", args).fetchall()
@@ -321,9 +330,12 @@ class Collection:
             if not len(allowed):
                 return [[] for _ in queries]
             sel = faiss.IDSelectorBatch(allowed)
-            params = (faiss.SearchParametersHNSW(sel=sel, efSearch=HNSW_EF_SEARCH)
-                      if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
-                      else faiss.SearchParameters(sel=sel))
+        if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=ef_search or HNSW_EF_SEARCH)
+        else:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
         if index.ntotal == 0:
             return [[] for _ in queries]
         qv = self.encoder.encode(queries).vectors

@@ -73,4 +73,19 @@ def test_banking77_few_shot_context_holds_labelled_neighbours(b77):
     task = b77.make_task(["card_arrival", "exchange_rate"])
     ctx = b77.few_shot(train, test, task, 2, HashEncoder())
     (examples,) = ctx.values()
-    assert len(examples) == 2 and examples[-1].text.endswith("Answer (banking_intent): card_arrival")
+    assert len(examples) == 2 and examples[0].text.endswith("Answer (banking_intent): card_arrival")
+
+
+def test_embeddings_index_scale_reports_recall_per_ef_search(tmp_path):
+    import numpy as np
+
+    bench = load_script("embeddings_index")
+    vecs = np.random.default_rng(0).standard_normal((620, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    row = bench.scale(600, 20, vecs, "random", tmp_path)
+    assert row["chunks"] == 600 and row["flat_p50_ms"] > 0
+    recalls = [row[f"hnsw_ef{ef}"]["recall_at_10"] for ef in bench.EF_SEARCH]
+    assert all(0 <= r <= 1 for r in recalls) and recalls[-1] >= recalls[0] and recalls[-1] > 0.9
+    assert row["hnsw_index_bytes_per_100k"] > row["flat_index_bytes_per_100k"] > 0
+    texts = bench.real_texts(tmp_path / "no-datasets")
+    assert texts == []  # no datasets: the caller falls back to random vectors

@@ -275,7 +275,33 @@ def test_few_shot_context_brings_similar_labelled_examples(tmp_path):
     coll = Collection(tmp_path / "ex", HashEncoder())
     assert index_examples(coll, train + [conv("u", "no label here")], task) == 3
     ctx = few_shot_context(coll, [conv("q", "charged for roaming abroad"), train[0]], task, k=2)
-    assert [c.source for c in ctx["q"]][-1] in {"example a", "example c"}  # the nearest comes last
-    assert ctx["q"][-1].text.endswith("Answer (topic): roaming") and "[t1] Customer:" in ctx["q"][-1].text
+    assert [c.source for c in ctx["q"]][0] in {"example a", "example c"}  # the nearest comes first
+    assert ctx["q"][0].text.endswith("Answer (topic): roaming") and "[t1] Customer:" in ctx["q"][0].text
     assert "example a" not in [c.source for c in ctx["a"]] and len(ctx["a"]) == 2  # never itself
     coll.close()
+
+
+DOC_QUERIES = [
+    ("can I still return headphones I already opened", "returns-policy"),
+    ("I was charged for using my phone in Spain", "roaming"),
+    ("my new card still has not come in the post", "cards"),
+]
+
+
+def test_documents_ground_a_chat_answer(indexed, capsys, default_model_dir):
+    from convtune.cli import main
+
+    docs = str(ROOT / "examples" / "docs")
+    assert main(["index", "add", docs, "-c", "kb", "--tenant", "acme"]) == 0
+    for query, doc in DOC_QUERIES:
+        capsys.readouterr()
+        assert main(["index", "search", query, "-c", "kb", "--tenant", "acme", "-k", "1", "--json"]) == 0
+        (hit,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert hit["metadata"]["source"] == doc and hit["id"].startswith(f"{doc}#")
+    capsys.readouterr()
+    assert main(["chat", DOC_QUERIES[0][0], "-c", "kb", "--tenant", "acme", "-k", "2", "--show-context",
+                 "--model", str(default_model_dir), "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr()
+    assert "[context] returns-policy#" in out.err and out.out.strip()
+    assert main(["chat", "hi", "-c", "missing", "--tenant", "acme"]) == 2
+    assert "no collection 'missing'" in capsys.readouterr().err

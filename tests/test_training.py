@@ -404,7 +404,7 @@ def test_adapter_changed_and_base_weights_unchanged(trained, tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import set_seed
 
-    _, (model, _, _, _), _, _ = trained
+    _, (model, *_), _, _ = trained
     trained_sd = {k: v for k, v in model.state_dict().items()}
     base = load_file(tiny_model_dir / "model.safetensors")
     base_in_run = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
@@ -595,3 +595,39 @@ def test_cli_registers_train_and_reports_config_problems_in_one_message(tmp_path
     assert "4 problems in the training config" in err
     assert "train.lr" in err and "train.nope: unknown key" in err and "file not found" in err
     assert "unknown task 'sentiment'" in err
+
+
+# ---- few-shot: retrieved labelled examples in training and evaluation prompts ---------------
+
+
+def test_few_shot_run_trains_on_retrieved_examples_and_keeps_its_index(tiny_model_dir, tmp_path):
+    from convtune.conversation import Conversation
+    from convtune.evaluation import evaluate
+    from convtune.renderer import CONTEXT_OPEN
+    from convtune.training import load_config, prepare, train
+
+    rows = varied_rows(6)
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = load_config(None, overrides=overrides(train__max_steps=2, data__few_shot=2,
+                                                data__validation_fraction=0),
+                      flags={"data.train": data, "model.name": tiny_model_dir,
+                             "output.dir": tmp_path / "run"})
+    prep = prepare(cfg, tasks=fake_tasks())
+    assert prep.plan()["few_shot"] == {"k": 2, "tasks": ["mood", "topic"]}
+    for ex in prep.stream.examples:
+        text = prep.tokenizer.decode(ex.input_ids)
+        shown = [line.split()[1].rstrip(")") for line in text.splitlines() if line.startswith("(example ")]
+        assert CONTEXT_OPEN in text and len(shown) == 2 and ex.conv_id not in shown  # never itself
+        assert "Answer (mood): " in text and "Answer (topic): " in text
+
+    result = train(cfg, tasks=fake_tasks(), report=lambda _: None)
+    info = json.loads((result.run_dir / "tasks.json").read_text())
+    assert info["few_shot"] == {"k": 2, "tasks": ["mood", "topic"], "index": "examples"}
+    assert (result.run_dir / "examples" / "docs.sqlite").is_file()
+
+    test = [Conversation.model_validate(conv_dict(99, {"mood": "yes", "topic": "login"}))]
+    with_examples = evaluate(result.run_dir, test, fake_tasks(), device="cpu")
+    without = evaluate(result.run_dir, test, fake_tasks(), device="cpu", context={})
+    grown = [a["prompt_tokens"] - b["prompt_tokens"]
+             for a, b in zip(with_examples.records, without.records, strict=True)]
+    assert grown and all(g > 40 for g in grown)  # the run's example index was used automatically

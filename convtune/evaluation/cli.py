@@ -79,6 +79,60 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def add_chat_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``chat`` on the ``convtune`` subparsers; returns the new parser."""
+    p = subparsers.add_parser(
+        "chat",
+        help="one chat answer from a base model or tuned run, optionally grounded in a collection",
+        description="Answer MESSAGE with greedy decoding through the renderer's chat path. With "
+        "--collection, the k most similar chunks of that retrieval collection (`convtune index add`) "
+        "go into the prompt as delimited, untrusted reference material.",
+    )
+    p.add_argument("message", help="the user message")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", type=Path, metavar="RUN_DIR", help="training run directory")
+    which.add_argument("--model", metavar="REF", help="base model (default: the packaged default model)")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--collection", "-c", help="retrieval collection to ground the answer in")
+    p.add_argument("--tenant", default="default", help="tenant that owns the collection")
+    p.add_argument("-k", type=_positive, default=4, help="chunks to retrieve (default 4)")
+    p.add_argument("--max-new-tokens", type=_positive, default=256)
+    p.add_argument("--show-context", action="store_true", help="print the retrieved chunk ids first")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_chat)
+    return p
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from convtune.evaluation.evaluate import is_run_dir, load_for_eval
+    from convtune.evaluation.generate import Generator
+    from convtune.models import DEFAULT_MODEL
+
+    if not args.message.strip():
+        raise ConfigError("the message is empty")
+    if args.run is not None and not is_run_dir(args.run):
+        raise ConfigError(f"{args.run} is not a training run directory (expected adapter/ and tasks.json)")
+    messages = ([{"role": "system", "content": args.system}] if args.system else [])
+    messages.append({"role": "user", "content": args.message})
+    context = []
+    if args.collection:  # before loading weights: a missing collection fails fast
+        from embeddings.grounding import retrieve_context
+        from embeddings.store import open_collection
+
+        coll = open_collection(args.collection, args.tenant, create=False)
+        context = retrieve_context(coll, args.message, k=args.k)
+        coll.close()
+        if args.show_context:
+            for c in context:
+                print(f"[context] {c.source}", file=sys.stderr)
+    loaded = load_for_eval(args.run if args.run is not None else (args.model or DEFAULT_MODEL),
+                           device=args.device)
+    prompt = loaded.renderer.encode_chat(messages, context)
+    (out,) = Generator(loaded.model, loaded.tokenizer).generate([prompt.input_ids], args.max_new_tokens)
+    print(out.text.strip())
+    return 0
+
+
 def _default_out(args: argparse.Namespace) -> Path:
     stem = args.data.stem
     if args.run is not None:

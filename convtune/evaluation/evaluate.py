@@ -39,6 +39,25 @@ class LoadedModel:
     name: str
     task_names: list[str] | None = None  # the tasks a run was trained on
     run_dir: Path | None = None
+    few_shot: dict[str, Any] | None = None  # a run trained with retrieved examples: {"k", "tasks", "index"}
+
+    def few_shot_context(self, conversations: Sequence[Conversation], tasks: Sequence[Any]
+                         ) -> dict[str, list[ContextChunk]] | None:
+        """Retrieved examples from the run's example index, as at training time (None: no index)."""
+        if not self.few_shot or self.run_dir is None:
+            return None
+        from embeddings.encoder import Encoder
+        from embeddings.fewshot import few_shot_context
+        from embeddings.index import Collection
+
+        wanted = [t for t in tasks if t.name in self.few_shot["tasks"]]
+        if not wanted:
+            return None
+        coll = Collection(self.run_dir / self.few_shot["index"], Encoder())
+        try:
+            return few_shot_context(coll, conversations, wanted, self.few_shot["k"])
+        finally:
+            coll.close()
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -69,10 +88,10 @@ def load_for_eval(ref: str | Path, *, device: str = "auto") -> LoadedModel:
             from convtune.training import load_run
         except ImportError as exc:  # the training package is not installed/ready
             raise ConfigError(f"cannot load run {ref}: convtune.training is unavailable ({exc})") from None
-        model, tokenizer, renderer, task_names = load_run(Path(ref), device=device)
+        model, tokenizer, renderer, task_names, few_shot = load_run(Path(ref), device=device)
         model.eval()
         return LoadedModel(model, tokenizer, renderer, name=f"tuned ({Path(ref).name})",
-                           task_names=list(task_names), run_dir=Path(ref))
+                           task_names=list(task_names), run_dir=Path(ref), few_shot=few_shot)
     from convtune.models import load_model
 
     model, tokenizer = load_model(str(ref), device=device)
@@ -81,7 +100,8 @@ def load_for_eval(ref: str | Path, *, device: str = "auto") -> LoadedModel:
 
 @contextlib.contextmanager
 def base_of(tuned: LoadedModel, *, device: str = "auto") -> Iterator[LoadedModel]:
-    """The base model of a run, with the run's renderer (same system prompt and budgets).
+    """The base model of a run, with the run's renderer (same system prompt and budgets) and
+    few-shot example index (same prompts).
 
     A PEFT model is used with its adapter disabled (same weights in memory, no
     second load); otherwise the run's base model is loaded again.
@@ -90,7 +110,7 @@ def base_of(tuned: LoadedModel, *, device: str = "auto") -> Iterator[LoadedModel
     if disable is not None:
         with disable():
             yield LoadedModel(tuned.model, tuned.tokenizer, tuned.renderer, name="base",
-                              task_names=tuned.task_names, run_dir=tuned.run_dir)
+                              task_names=tuned.task_names, run_dir=tuned.run_dir, few_shot=tuned.few_shot)
         return
     ref = _run_base_ref(tuned.run_dir) if tuned.run_dir else None
     if ref is None:
@@ -99,7 +119,7 @@ def base_of(tuned: LoadedModel, *, device: str = "auto") -> Iterator[LoadedModel
 
     model, _ = load_model(ref, device=device)
     yield LoadedModel(model, tuned.tokenizer, tuned.renderer, name="base", task_names=tuned.task_names,
-                      run_dir=tuned.run_dir)
+                      run_dir=tuned.run_dir, few_shot=tuned.few_shot)
 
 
 # ---- tasks ------------------------------------------------------------------------
@@ -289,10 +309,12 @@ def evaluate(
         model = LoadedModel(model, tokenizer, renderer or Renderer(tokenizer), name=name or "model")
     elif renderer is not None:
         model = LoadedModel(model.model, model.tokenizer, renderer, model.name, model.task_names,
-                            model.run_dir)
+                            model.run_dir, model.few_shot)
     task_objs = resolve_tasks(tasks, run_dir=model.run_dir, default=model.task_names)
     check_gold(conversations, task_objs, source)
     labelled = [c for c in conversations if any(t.has_label(c) for t in task_objs)]
+    if context is None:  # a run trained with retrieved examples gets them here too
+        context = model.few_shot_context(labelled, task_objs)
 
     import torch
 

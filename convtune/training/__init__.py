@@ -5,7 +5,7 @@ Public API (imported lazily, so ``import convtune.training`` stays light)::
     from convtune.training import load_config, train, load_run
     cfg = load_config("configs/demo.yaml", overrides=["train.lr=1e-4"])
     result = train(cfg)                      # -> RunResult (run_dir, steps, metrics)
-    model, tokenizer, renderer, task_names = load_run(result.run_dir)
+    model, tokenizer, renderer, task_names, few_shot = load_run(result.run_dir)
 """
 
 from __future__ import annotations

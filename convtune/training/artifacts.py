@@ -27,6 +27,7 @@ from convtune.training.checkpoints import write_json_atomic
 from convtune.training.config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
+EXAMPLES = "examples"  # few-shot example index of a run trained with data.few_shot (optional)
 RUN_FILES = ("adapter", "tokenizer", "config.json", "tasks.json", "metrics.json", "loss.png")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TOKENIZER_FILES = ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json")
@@ -36,7 +37,8 @@ def write_config(run: Path, cfg: TrainConfig) -> None:
     write_json_atomic(run / "config.json", cfg.to_json())
 
 
-def tasks_payload(tasks: list[Any], renderer: Any, cfg: TrainConfig) -> dict[str, Any]:
+def tasks_payload(tasks: list[Any], renderer: Any, cfg: TrainConfig,
+                  few_shot_tasks: list[str] | None = None) -> dict[str, Any]:
     from convtune.training.taskset import task_record
 
     return {
@@ -50,6 +52,9 @@ def tasks_payload(tasks: list[Any], renderer: Any, cfg: TrainConfig) -> dict[str
             "max_context_tokens": renderer.max_context_tokens,
         },
         "max_seq_len": cfg.train.max_seq_len,
+        # few-shot: K examples retrieved from RUN_DIR/examples into every prompt, for these tasks
+        "few_shot": {"k": cfg.data.few_shot, "tasks": few_shot_tasks, "index": EXAMPLES}
+        if few_shot_tasks else None,
     }
 
 
@@ -70,6 +75,13 @@ def _save_adapter(trainer: Any, run: Path) -> None:
     if missing:
         raise RuntimeError(f"PEFT did not write {missing} into {tmp}")
     _replace_dir(tmp, run / "adapter")
+
+
+def _save_examples(src: Path, run: Path) -> None:
+    tmp = run / ".examples.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    _replace_dir(tmp, run / EXAMPLES)
 
 
 def _save_tokenizer(tokenizer: Any, run: Path) -> None:
@@ -94,14 +106,19 @@ def _histories(log_history: list[dict[str, Any]]) -> tuple[list[list[float]], li
 def finalize_run_dir(run: Path, cfg: TrainConfig, *, trainer: Any, tokenizer: Any, renderer: Any,
                      tasks: list[Any], counters: Any, plan: dict[str, Any], resumed_from: int | None,
                      device: str, dtype: str, wall_seconds: float, trainable_params: int,
-                     total_params: int) -> dict[str, Any]:
-    """Write adapter, tokenizer, tasks.json, loss.png and (last) metrics.json; drop checkpoints."""
+                     total_params: int, examples_dir: Path | None = None,
+                     few_shot_tasks: list[str] | None = None) -> dict[str, Any]:
+    """Write adapter, tokenizer, examples/ (few-shot runs), tasks.json, loss.png and (last)
+    metrics.json; drop checkpoints."""
     from convtune.training.plot import plot_loss
 
     state = trainer.state
     _save_adapter(trainer, run)
     _save_tokenizer(tokenizer, run)
-    write_json_atomic(run / "tasks.json", tasks_payload(tasks, renderer, cfg))
+    if examples_dir is not None:
+        _save_examples(examples_dir, run)
+    write_json_atomic(run / "tasks.json", tasks_payload(tasks, renderer, cfg,
+                                                        few_shot_tasks if examples_dir is not None else None))
     train_loss, eval_loss = _histories(state.log_history)
     sessions = [*counters.sessions, counters.session_record(state.global_step)]
     # Session wall times exclude Python start-up and data preparation; the run's wall time includes
@@ -142,6 +159,7 @@ class LoadedRun(NamedTuple):
     tokenizer: Any
     renderer: Any
     task_names: list[str]
+    few_shot: dict[str, Any] | None = None  # {"k", "tasks", "index"} of a run trained with data.few_shot
 
 
 def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
@@ -182,4 +200,8 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
     renderer = Renderer(tokenizer, system_prompt=r["system_prompt"],
                         max_transcript_tokens=r["max_transcript_tokens"],
                         max_context_tokens=r["max_context_tokens"])
-    return LoadedRun(model, tokenizer, renderer, [t["name"] for t in info["tasks"]])
+    few_shot = info.get("few_shot")
+    if few_shot and not (run / few_shot["index"]).is_dir():
+        raise ConfigError(f"{run} was trained with few-shot examples but its example index "
+                          f"({few_shot['index']}/) is missing")
+    return LoadedRun(model, tokenizer, renderer, [t["name"] for t in info["tasks"]], few_shot)

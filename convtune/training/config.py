@@ -72,6 +72,11 @@ class DataSection(_Group):
         None, ge=64, description="renderer transcript budget (default: min(1536, max_seq_len - 512))"
     )
     limit: int | None = Field(None, ge=1, description="use only the first N training conversations")
+    few_shot: int = Field(
+        0, ge=0, le=32,
+        description="labelled training conversations retrieved into every prompt as examples, with their "
+        "classification-task answers (0: off); the run keeps this example index for evaluation and serving",
+    )
 
     def effective_validation_fraction(self) -> float:
         if self.validation is not None:

@@ -26,13 +26,13 @@ import math
 import random
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from convtune.conversation import Conversation
 from convtune.errors import DataValidationError, Problem
-from convtune.renderer import Encoded, Renderer, TaskTurn
+from convtune.renderer import ContextChunk, Encoded, Renderer, TaskTurn
 
 
 @dataclass
@@ -93,29 +93,31 @@ class ExampleBuilder:
             self._renderers[budget] = r
         return r
 
-    def _encode_fitting(self, conv: Conversation, turns: list[TaskTurn]) -> tuple[Encoded, bool]:
+    def _encode_fitting(self, conv: Conversation, turns: list[TaskTurn],
+                        context: Sequence[ContextChunk]) -> tuple[Encoded, bool]:
         """Encode, lowering the transcript budget while too long. Returns (encoded, shortened)."""
         budget = self.renderer.max_transcript_tokens
-        enc = self.renderer.encode(conv, turns)
+        enc = self.renderer.encode(conv, turns, context)
         shortened = False
         for _ in range(8):
             over = len(enc) - self.max_seq_len
             if over <= 0 or budget <= self.min_transcript_tokens:
                 break
             budget = max(self.min_transcript_tokens, budget - over - 16)
-            enc = self._with_budget(budget).encode(conv, turns)
+            enc = self._with_budget(budget).encode(conv, turns, context)
             shortened = True
         return enc, shortened
 
-    def build(self, conv: Conversation, tasks: Sequence[Any], stats: FitStats) -> Example | None:
+    def build(self, conv: Conversation, tasks: Sequence[Any], stats: FitStats,
+              context: Sequence[ContextChunk] = ()) -> Example | None:
         turns = [TaskTurn(t.instruction, t.render_target(t.gold(conv))) for t in tasks]
         kept = list(tasks)
-        enc, shortened = self._encode_fitting(conv, turns)
+        enc, shortened = self._encode_fitting(conv, turns, context)
         while len(enc) > self.max_seq_len and len(turns) > 1:
             turns.pop()
             kept.pop()
             stats.dropped_pairs += 1
-            enc, shortened = self._encode_fitting(conv, turns)
+            enc, shortened = self._encode_fitting(conv, turns, context)
         if len(enc) > self.max_seq_len:
             stats.dropped_examples += 1
             stats.dropped_pairs += len(turns)
@@ -188,12 +190,14 @@ def build_training_stream(
     max_steps: int | None = None,
     max_tokens_budget: int | None = None,
     source: str = "train",
+    context: Mapping[str, Sequence[ContextChunk]] | None = None,
 ) -> TrainingStream:
     """Examples for every optimizer step, in training order (the trainer reads them sequentially).
 
     ``max_steps`` (if set) wins over ``epochs``: as many passes are drawn as the
     steps need. ``max_tokens_budget`` then cuts the stream at the first step
-    whose cumulative tokens reach the budget.
+    whose cumulative tokens reach the budget. ``context``: reference material per
+    conversation id (retrieved few-shot examples).
     """
     per_step = batch_size * grad_accum
     stats = FitStats()
@@ -207,7 +211,7 @@ def build_training_stream(
             break
         before = len(examples)
         for conv, chosen in sample_epoch(convs, tasks, weights, seed, passes):
-            ex = builder.build(conv, chosen, stats)
+            ex = builder.build(conv, chosen, stats, (context or {}).get(conv.id, ()))
             if ex is not None:
                 examples.append(ex)
         passes += 1
@@ -245,14 +249,15 @@ def build_training_stream(
 
 
 def build_eval_examples(builder: ExampleBuilder, convs: Sequence[Conversation], tasks: Sequence[Any],
-                        weights: dict[str, float]) -> tuple[list[Example], FitStats]:
+                        weights: dict[str, float], context: Mapping[str, Sequence[ContextChunk]] | None = None
+                        ) -> tuple[list[Example], FitStats]:
     """Every validation conversation once, with all its labelled tasks in config order (no sampling)."""
     stats = FitStats()
     out = []
     for conv in convs:
         chosen = labelled_tasks(conv, tasks, weights)
         if chosen:
-            ex = builder.build(conv, chosen, stats)
+            ex = builder.build(conv, chosen, stats, (context or {}).get(conv.id, ()))
             if ex is not None:
                 out.append(ex)
     return out, stats

@@ -96,6 +96,9 @@ class PreparedRun:
     stream: Any  # TrainingStream
     val_examples: list[Any]
     val_stats: Any
+    examples_dir: Path | None = None  # few-shot example index (a temporary folder until the run finishes)
+    few_shot_tasks: list[str] = field(default_factory=list)
+    _examples_tmp: Any = None  # keeps the temporary folder alive
 
     def plan(self) -> dict[str, Any]:
         tr = self.config.train
@@ -111,6 +114,8 @@ class PreparedRun:
             "train": self.stream.stats.as_dict(),
             "validation": self.val_stats.as_dict(),
             "renderer_max_transcript_tokens": self.renderer.max_transcript_tokens,
+            "few_shot": ({"k": self.config.data.few_shot, "tasks": self.few_shot_tasks}
+                         if self.examples_dir is not None else None),
         }
 
 
@@ -190,6 +195,9 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
                         str(cfg.data.validation), None, None,
                         "no validation conversation has a label for a selected task"))
 
+    if cfg.data.few_shot and task_list and not any(getattr(t, "labels", None) for t in task_list):
+        problems.append("data.few_shot: few-shot examples are shown for classification tasks (with labels); "
+                        f"none is selected ({', '.join(t.name for t in task_list)})")
     if problems:
         raise TrainConfigError(problems + [str(p) for p in data_problems])
     if data_problems:
@@ -207,15 +215,42 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
         tokenizer.pad_token = tokenizer.eos_token
     renderer = Renderer(tokenizer, max_transcript_tokens=cfg.max_transcript_tokens)
     builder = ExampleBuilder(renderer, cfg.train.max_seq_len)
+    context, examples = _few_shot(cfg, train_convs, val_convs, task_list)
     tr = cfg.train
     stream = build_training_stream(
         builder, train_convs, task_list, weights, seed=tr.seed, epochs=tr.epochs,
         batch_size=tr.batch_size, grad_accum=tr.grad_accum, max_steps=tr.max_steps,
-        max_tokens_budget=tr.max_tokens_budget, source=str(cfg.data.train),
+        max_tokens_budget=tr.max_tokens_budget, source=str(cfg.data.train), context=context,
     )
-    val_examples, val_stats = build_eval_examples(builder, val_convs, task_list, weights)
-    return PreparedRun(cfg, task_list, train_convs, val_convs, model_dir, tokenizer, renderer, stream,
+    val_examples, val_stats = build_eval_examples(builder, val_convs, task_list, weights, context)
+    prep = PreparedRun(cfg, task_list, train_convs, val_convs, model_dir, tokenizer, renderer, stream,
                        val_examples, val_stats)
+    if examples is not None:
+        prep._examples_tmp, prep.few_shot_tasks = examples
+        prep.examples_dir = Path(prep._examples_tmp.name) / "examples"
+    return prep
+
+
+def _few_shot(cfg: TrainConfig, train_convs: list[Conversation], val_convs: list[Conversation],
+              task_list: list[Any]) -> tuple[dict[str, Any] | None, tuple[Any, list[str]] | None]:
+    """With ``data.few_shot: K``: index the training conversations (a temporary folder, copied
+    into the run at the end) and retrieve each train/validation conversation's K nearest
+    examples, never itself. Returns (context per conversation id, (folder, task names))."""
+    k = cfg.data.few_shot
+    if not k:
+        return None, None
+    import tempfile
+
+    from embeddings.fewshot import build_example_index, few_shot_context, few_shot_tasks
+
+    fs_tasks = few_shot_tasks(task_list)
+    tmp = tempfile.TemporaryDirectory(prefix="convtune-examples-")
+    coll = build_example_index(Path(tmp.name) / "examples", train_convs, fs_tasks)
+    try:
+        context = few_shot_context(coll, [*train_convs, *val_convs], fs_tasks, k)
+    finally:
+        coll.close()
+    return context, (tmp, [t.name for t in fs_tasks])
 
 
 # ---- 3: training ----------------------------------------------------------------------------
@@ -531,7 +566,8 @@ def train(
         run, cfg, trainer=trainer, tokenizer=prep.tokenizer, renderer=prep.renderer, tasks=prep.tasks,
         counters=counters, plan=plan, resumed_from=resumed_step,
         device=device, dtype=str(dtype).replace("torch.", ""), wall_seconds=time.time() - wall0,
-        trainable_params=trainable, total_params=total,
+        trainable_params=trainable, total_params=total, examples_dir=prep.examples_dir,
+        few_shot_tasks=prep.few_shot_tasks,
     )
     say(f"done: {step} steps, train loss {metrics['final_train_loss']}, eval loss "
         f"{metrics['final_eval_loss']}, {metrics['tokens_per_second']} tokens/s, "
