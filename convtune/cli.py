@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_chat_parser(sub)
 
+    from convtune.server_cli import add_server_parsers
+
+    add_server_parsers(sub)
+
     from embeddings.cli import add_index_parser
 
     add_index_parser(sub)

@@ -6,20 +6,11 @@ caller (CLI user or API request) can reach outside the tenant's folder.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from convtune.errors import ConfigError
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise ConfigError(f"{kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
-                          "letter or digit")
-    return name
+from convtune.tenancy import check_name
 
 
 def collections_root(root: str | Path | None = None) -> Path:

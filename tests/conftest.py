@@ -29,3 +29,25 @@ def default_model_dir(convtune_home) -> Path:
     from convtune.models import DEFAULT_MODEL, resolve_model
 
     return resolve_model(DEFAULT_MODEL, home=convtune_home)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir, tmp_path_factory) -> Path:
+    """A random 2-layer Llama (hidden 64, ~3M parameters) with the real SmolLM2 tokenizer and
+    chat template, saved once per session: mechanics tests train and serve it in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=0.2,  # wide logits: no near-ties in greedy argmax; a few steps move them
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

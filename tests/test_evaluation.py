@@ -104,25 +104,6 @@ TASKS = [FakeTextTask(), FakeLabelTask(), FakeJsonTask()]
 # ---- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(default_model_dir, tmp_path_factory):
-    """A random 2-layer Llama (hidden 64) with the real SmolLM2 tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        tie_word_embeddings=True, initializer_range=0.2,  # wide logits: no near-ties in greedy argmax
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     from convtune.models import load_model

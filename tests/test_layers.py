@@ -21,6 +21,7 @@ RANKS: dict[str, int] = {
     "convtune.evaluation": 2,
     "rlhf": 3,
     "convtune.cli": 4,
+    "convtune.server_cli": 4,  # keys, models, serve (hands serve its flags by module name)
     "serve": 5,
 }
 

@@ -81,27 +81,6 @@ def varied_rows(n: int) -> list[dict]:
     return [conv_dict(i, {"mood": "yes" if i % 2 else "no", "topic": topics[i % 3]}) for i in range(n)]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(default_model_dir, tmp_path_factory) -> Path:
-    """A 3M-parameter random Llama with the real SmolLM2 tokenizer, saved once per session."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.2,  # large enough embeddings that a few steps can move the logits
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def overrides(**kv) -> list[str]:
     base = {"tasks.names": "[mood, topic]", "train.max_seq_len": 512, "train.grad_accum": 1,
             "train.log_every": 1, "train.warmup_ratio": 0}

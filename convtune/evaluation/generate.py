@@ -152,9 +152,10 @@ class Generator:
                 "full-attention decoder models (Llama, SmolLM2, Qwen2 ...)"
             )
 
-    def rows(self, n: int, *, reuse: bool = True) -> Rows:
-        """A fresh batch of ``n`` rows. ``reuse=False`` recomputes every prompt from scratch."""
-        return Rows(self, n, reuse=reuse)
+    def rows(self, n: int, *, reuse: bool = True, adapter_names: Sequence[str] | None = None) -> Rows:
+        """A fresh batch of ``n`` rows. ``reuse=False`` recomputes every prompt from scratch.
+        ``adapter_names``: one PEFT adapter per row (``"__base__"``: none), for mixed batches."""
+        return Rows(self, n, reuse=reuse, adapter_names=adapter_names)
 
     def decode_text(self, ids: Sequence[int]) -> str:
         body = list(ids)
@@ -186,10 +187,14 @@ class Generator:
 class Rows:
     """A batch of token sequences sharing one KV cache (see the module docstring)."""
 
-    def __init__(self, gen: Generator, n: int, *, reuse: bool = True):
+    def __init__(self, gen: Generator, n: int, *, reuse: bool = True,
+                 adapter_names: Sequence[str] | None = None):
         self.gen = gen
         self.n = n
         self.reuse = reuse
+        if adapter_names is not None and len(adapter_names) != n:
+            raise ValueError(f"expected {n} adapter names, got {len(adapter_names)}")
+        self.adapter_names = list(adapter_names) if adapter_names is not None else None
         self.stats = StepStats()
         self._reset()
 
@@ -208,6 +213,7 @@ class Rows:
         if self.cache is None:
             self.cache = DynamicCache(config=self.gen.model.config)
         self.mask = torch.cat([self.mask, block_mask], dim=1)
+        extra = {"adapter_names": self.adapter_names} if self.adapter_names is not None else {}
         out = self.gen.forward(
             input_ids=ids,
             attention_mask=self.mask,
@@ -215,6 +221,7 @@ class Rows:
             cache=self.cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            **extra,
         )
         return out.logits
 

@@ -157,3 +157,31 @@ def read(path: Path, problems: Problems, limits: Limits, mapping: object = None
     conversation = validate_conversation(data, problems, starts[0], turns=origins)
     if conversation is not None:
         yield conversation, starts[0]
+
+
+def conversation_from_text(text: str, conversation_id: str = "request", *, source: str = "conversation.text",
+                           max_turns: int = 10_000) -> Conversation:
+    """A ``Speaker: text`` transcript given as a string (API requests) -> a Conversation.
+
+    Raises:
+        DataValidationError: every problem found, located by line.
+    """
+    from convtune.errors import DataValidationError
+    from convtune.ingest._common import StopReading
+
+    problems = Problems(source, limit=20)
+    conversation = None
+    try:
+        turns, starts = parse_transcript(enumerate(text.splitlines(), 1), problems, max_turns)
+        if not turns and not len(problems):
+            problems.add(None, None, "no 'Speaker: text' lines found")
+        if turns:
+            fields = {"start": "timestamp", "end": "timestamp", None: "timestamp"}
+            origins = [Origin(n, fields) for n in starts]
+            conversation = validate_conversation({"id": conversation_id, "turns": turns}, problems, starts[0],
+                                                 turns=origins)
+    except StopReading:
+        pass
+    if conversation is None or len(problems):
+        raise DataValidationError(problems.items, truncated=problems.truncated)
+    return conversation

@@ -1,0 +1,124 @@
+"""``convtune keys``, ``convtune models`` and ``convtune serve``.
+
+Keys and registered models live in ``$CONVTUNE_HOME`` (see
+:mod:`convtune.tenancy`). ``convtune serve`` hands its flags to the server
+package by name (``serve.cli``), so the core never imports the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _home() -> Path:
+    from convtune.models import convtune_home
+
+    return convtune_home()
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from convtune.tenancy import KeyStore
+
+    key = KeyStore(_home() / "server.sqlite").create(args.tenant)
+    print(key)  # shown once; only its hash is stored
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from convtune.tenancy import KeyStore
+
+    for k in KeyStore(_home() / "server.sqlite").list(args.tenant):
+        print(f"{k.prefix}...  tenant={k.tenant}  created={k.created_at}{'  REVOKED' if k.revoked else ''}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from convtune.tenancy import KeyStore
+
+    n = KeyStore(_home() / "server.sqlite").revoke(args.prefix)
+    print(f"revoked {n} key(s)")
+    return 0 if n else 2
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    from convtune.tenancy import ModelStore
+
+    m = ModelStore(_home()).add(args.tenant, args.name, args.run, replace=args.replace)
+    print(f"tenant {m.tenant}: model {m.name!r} (base {m.base_model}) -> {m.path}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from convtune.tenancy import ModelStore
+
+    for m in ModelStore(_home()).list(args.tenant):
+        print(json.dumps({"id": m.name, "base_model": m.base_model, "created": m.created_at}))
+    return 0
+
+
+def cmd_models_remove(args: argparse.Namespace) -> int:
+    from convtune.tenancy import ModelStore
+
+    if not ModelStore(_home()).remove(args.tenant, args.name):
+        print(f"tenant {args.tenant} has no model {args.name!r}")
+        return 2
+    return 0
+
+
+SERVE_FLAGS = ("host", "port", "workers", "base_model", "device", "fast_cpu", "max_concurrent_requests",
+               "max_batch_size", "max_loaded_adapters", "request_timeout_s", "max_tokens_limit")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {k: getattr(args, k) for k in SERVE_FLAGS if getattr(args, k) is not None}
+    return importlib.import_module("serve.cli").run(flags)
+
+
+def add_server_parsers(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys of tenants (stored hashed)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ksub.add_parser("create", help="create a key for a tenant and print it (shown once)")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(func=cmd_keys_create)
+    p = ksub.add_parser("list", help="key prefixes, tenants and creation times")
+    p.add_argument("--tenant")
+    p.set_defaults(func=cmd_keys_list)
+    p = ksub.add_parser("revoke", help="revoke a key by its first characters")
+    p.add_argument("prefix")
+    p.set_defaults(func=cmd_keys_revoke)
+
+    models = sub.add_parser("models", help="tenants' servable models (finished training runs)")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    p = msub.add_parser("add", help="register a training run as a tenant's model id")
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name", required=True, help="the model id clients send")
+    p.add_argument("--replace", action="store_true", help="replace an existing model of that name")
+    p.set_defaults(func=cmd_models_add)
+    p = msub.add_parser("list", help="a tenant's models")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(func=cmd_models_list)
+    p = msub.add_parser("remove", help="unregister a tenant's model")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=cmd_models_remove)
+
+    p = sub.add_parser("serve", help="run the API server (OpenAI + Nebula compatible)",
+                       description="Start the server. Flags override CONVTUNE_SERVE_<SETTING> variables.")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, help="worker processes (each loads the model)")
+    p.add_argument("--base-model", help="base model (default: smollm2-135m-instruct)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--fast-cpu", action="store_const", const=True, default=None,
+                   help="int8 dynamic quantisation of the linear layers (faster on CPU; see README for cost)")
+    p.add_argument("--max-concurrent-requests", type=int, help="in flight before 429 (default 128)")
+    p.add_argument("--max-batch-size", type=int, help="sequences decoded together (default 16)")
+    p.add_argument("--max-loaded-adapters", type=int, help="LoRA adapters kept in memory (default 8)")
+    p.add_argument("--request-timeout-s", type=float, help="per-request deadline (default 120)")
+    p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
+    p.set_defaults(func=cmd_serve)

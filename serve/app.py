@@ -1,0 +1,182 @@
+"""The app factory: ``create_app(settings)``; models load in the lifespan, never at import.
+
+    uvicorn --factory serve.app:app_from_env     (what `convtune serve` runs)
+
+Everything a route needs hangs off one :class:`ServerContext` on
+``app.state.ctx``: settings, key and model stores, the model host and engine,
+the embedding encoder, metrics. Tests build the context themselves (tiny
+model, temporary home) and pass it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.responses import Response
+
+from convtune.tenancy import KeyStore, ModelStore
+from serve.engine import Engine
+from serve.errors import APIError, error_response, install_error_handlers
+from serve.metrics import Metrics
+from serve.models import ModelHost
+from serve.settings import ServerSettings, load_settings
+
+log = logging.getLogger("convtune.serve")
+
+PUBLIC = {"/live"}  # everything else needs an API key
+
+
+@dataclass
+class ServerContext:
+    settings: ServerSettings
+    keys: KeyStore
+    models: ModelStore
+    metrics: Metrics = field(default_factory=Metrics)
+    host: ModelHost | None = None
+    engine: Engine | None = None
+    encoder: Any = None  # embeddings.encoder.Encoder, loaded on first use
+    ready: bool = False
+    _encoder_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get_encoder(self) -> Any:
+        with self._encoder_lock:
+            if self.encoder is None:
+                from embeddings.encoder import Encoder
+
+                self.encoder = Encoder()
+            return self.encoder
+
+    def require_engine(self) -> tuple[ModelHost, Engine]:
+        if self.host is None or self.engine is None:
+            raise APIError(503, "no generation model is loaded on this server", code="model_not_loaded")
+        return self.host, self.engine
+
+
+def build_context(settings: ServerSettings, *, model: Any = None, tokenizer: Any = None) -> ServerContext:
+    """Stores, model host and engine for ``settings`` (loads the base model unless given one)."""
+    ctx = ServerContext(settings, KeyStore(settings.db_path), ModelStore(settings.home))
+    if settings.load_models:
+        if model is None:
+            from convtune.models import load_model
+
+            model, tokenizer = load_model(settings.base_model, device=settings.device)
+            if settings.fast_cpu:
+                from serve.fast import quantize_for_cpu
+
+                model = quantize_for_cpu(model)
+        ctx.host = ModelHost(
+            model, tokenizer, settings.base_model, ctx.models, max_adapters=settings.max_loaded_adapters
+        )
+        ctx.engine = Engine(
+            ctx.host,
+            max_batch_size=settings.max_batch_size,
+            max_inflight=settings.max_concurrent_requests,
+            batch_wait_ms=settings.batch_wait_ms,
+            on_batch=ctx.metrics.batch_rows.observe,
+        )
+    return ctx
+
+
+def create_app(settings: ServerSettings | None = None, *, context: ServerContext | None = None) -> FastAPI:
+    """The FastAPI app. ``context`` (tests) replaces what the lifespan would build from ``settings``."""
+    if settings is None and context is None:
+        raise ValueError("pass settings or a context")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = context or await asyncio.to_thread(build_context, settings)
+        app.state.ctx = ctx
+        if ctx.engine is not None:
+            ctx.engine.start()
+        ctx.ready = True
+        log.info("convtune server ready (model %s)", ctx.settings.base_model if ctx.host else "none")
+        try:
+            yield
+        finally:
+            ctx.ready = False  # /ready answers 503 while draining
+            if ctx.engine is not None:
+                await asyncio.to_thread(ctx.engine.stop, ctx.settings.drain_timeout_s)
+
+    app = FastAPI(
+        title="convtune",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="OpenAI- and Nebula-compatible API for tenants' tuned conversation models.",
+    )
+    install_error_handlers(app)
+    app.add_middleware(_Gate)
+
+    from serve.routes import analyze, health, nebula, openai_api, retrieval
+
+    for module in (health, openai_api, nebula, analyze, retrieval):
+        app.include_router(module.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from ``CONVTUNE_SERVE_*`` / ``CONVTUNE_HOME``."""
+    return create_app(load_settings())
+
+
+class _Gate(BaseHTTPMiddleware):
+    """Request id, body-size limit, API-key check (the tenant lands on ``request.state``), metrics."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        rid = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:16]}"
+        request.state.request_id = rid
+        request.state.tenant = None
+        ctx: ServerContext | None = getattr(request.app.state, "ctx", None)
+        started = time.perf_counter()
+        route = request.url.path
+        try:
+            if ctx is None:
+                raise APIError(503, "the server is starting", code="starting", headers={"Retry-After": "2"})
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > ctx.settings.max_body_bytes):
+                raise APIError(
+                    413, f"request body over {ctx.settings.max_body_bytes} bytes", code="payload_too_large"
+                )
+            if route not in PUBLIC:
+                request.state.tenant = _authenticate(request, ctx)
+            response = await call_next(request)
+        except APIError as err:
+            response = error_response(err, request)
+        response.headers["x-request-id"] = rid
+        if ctx is not None:
+            tenant = request.state.tenant or "-"
+            template = _route_template(request)
+            ctx.metrics.requests.labels(template, str(response.status_code), tenant).inc()
+            ctx.metrics.latency.labels(template).observe(time.perf_counter() - started)
+            if response.status_code in (429, 503):
+                ctx.metrics.rejections.labels(str(response.status_code), tenant).inc()
+        return response
+
+
+def _authenticate(request: Request, ctx: ServerContext) -> str:
+    auth = request.headers.get("authorization", "")
+    key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("apikey")
+    if not key:
+        raise APIError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>' or 'ApiKey: <key>'",
+            code="missing_api_key",
+        )
+    tenant = ctx.keys.tenant_of(key.strip())
+    if tenant is None:
+        raise APIError(401, "invalid API key", code="invalid_api_key")
+    return tenant
+
+
+def _route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")

@@ -1,0 +1,251 @@
+"""Between async routes and the engine thread: limits, submission, results, streams, retrieval.
+
+Routes stay thin: they turn a request into (prompt ids, model, sampling) with
+the renderer, then call :func:`complete` or :func:`stream` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from convtune.renderer import ContextChunk
+from serve.app import ServerContext
+from serve.engine import Event, GenRequest, Sampling
+from serve.errors import APIError, invalid, not_found
+from serve.models import ModelRef
+from serve.protocol import RetrievalSpec
+
+
+def ctx_of(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+def tenant_of(request: Request) -> str:
+    tenant = getattr(request.state, "tenant", None)
+    if tenant is None:  # the gate guarantees it on every non-public route
+        raise APIError(401, "missing API key", code="missing_api_key")
+    return tenant
+
+
+# ---- limits, checked before tokenising ---------------------------------------------------------
+
+
+def check_sampling(
+    ctx: ServerContext,
+    *,
+    max_tokens: int | None,
+    max_tokens_param: str,
+    stop: Sequence[str],
+    stop_param: str,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+) -> Sampling:
+    s = ctx.settings
+    if max_tokens is not None and max_tokens > s.max_tokens_limit:
+        raise invalid(max_tokens_param, f"{max_tokens_param} must be <= {s.max_tokens_limit}")
+    if n > s.max_n:
+        raise invalid("n", f"n must be <= {s.max_n}")
+    if len(stop) > s.max_stop:
+        raise invalid(stop_param, f"at most {s.max_stop} stop sequences")
+    for item in stop:
+        if not item:
+            raise invalid(stop_param, "stop sequences must not be empty")
+        if len(item) > s.max_stop_chars:
+            raise invalid(stop_param, f"stop sequences must be at most {s.max_stop_chars} characters")
+    return Sampling(
+        max_tokens=max_tokens or s.default_max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple(stop),
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+    )
+
+
+def check_context(ctx: ServerContext, prompt_ids: Sequence[int], sampling: Sampling, window: int) -> None:
+    if len(prompt_ids) + sampling.max_tokens > window:
+        raise APIError(
+            400,
+            f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_tokens}) "
+            f"exceeds the model's context window of {window} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+# ---- generation ------------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _requests(
+    ctx: ServerContext,
+    prompt_ids: list[int],
+    ref: ModelRef,
+    sampling: Sampling,
+    n: int,
+    tenant: str,
+    emit_for: Any,
+) -> list[GenRequest]:
+    deadline = time.monotonic() + ctx.settings.request_timeout_s
+    out = []
+    for i in range(n):
+        s = (
+            sampling
+            if sampling.seed is None or i == 0
+            else dataclasses.replace(sampling, seed=sampling.seed + i)
+        )
+        out.append(GenRequest(prompt_ids, ref, s, emit_for(i), deadline, tenant))
+    return out
+
+
+async def complete(
+    request: Request, prompt_ids: list[int], ref: ModelRef, sampling: Sampling, n: int = 1
+) -> list[Completion]:
+    """``n`` generations of one prompt; cancels them if the client goes away."""
+    ctx = ctx_of(request)
+    _, engine = ctx.require_engine()
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(n)]
+    texts: list[list[str]] = [[] for _ in range(n)]
+
+    def deliver(i: int, ev: Event) -> None:
+        fut = futures[i]
+        if fut.done():
+            return
+        if ev.kind == "delta":
+            texts[i].append(ev.text)
+        elif ev.kind == "done":
+            fut.set_result(
+                Completion(
+                    "".join(texts[i]), ev.finish_reason or "stop", ev.prompt_tokens, ev.completion_tokens
+                )
+            )
+        elif ev.kind == "error":
+            fut.set_exception(ev.error)
+
+    def emit_for(i: int) -> Any:
+        return lambda ev: loop.call_soon_threadsafe(deliver, i, ev)
+
+    reqs = _requests(ctx, prompt_ids, ref, sampling, n, tenant_of(request), emit_for)
+    engine.submit(reqs)
+    watcher = asyncio.create_task(_watch_disconnect(request, reqs))
+    try:
+        results = await asyncio.gather(*futures)
+    finally:
+        watcher.cancel()
+        for r in reqs:
+            r.cancel()  # no-op when finished; stops work when this coroutine was cancelled
+    _count_tokens(ctx, tenant_of(request), results)
+    return list(results)
+
+
+async def stream(
+    request: Request, prompt_ids: list[int], ref: ModelRef, sampling: Sampling, n: int = 1
+) -> AsyncIterator[tuple[int, Event]]:
+    """Submit now (so over-capacity is a plain 429) and return the events as they come:
+    ``(choice index, event)``; the generator's close (client gone) cancels the work."""
+    ctx = ctx_of(request)
+    _, engine = ctx.require_engine()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+    def emit_for(i: int) -> Any:
+        return lambda ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev))
+
+    tenant = tenant_of(request)
+    reqs = _requests(ctx, prompt_ids, ref, sampling, n, tenant, emit_for)
+    engine.submit(reqs)
+
+    async def events() -> AsyncIterator[tuple[int, Event]]:
+        remaining = n
+        try:
+            while remaining:
+                i, ev = await queue.get()
+                if ev.kind in ("done", "error"):
+                    remaining -= 1
+                    if ev.kind == "done":
+                        _count_tokens(ctx, tenant, [ev])
+                yield i, ev
+        finally:
+            for r in reqs:
+                r.cancel()
+
+    return events()
+
+
+async def _watch_disconnect(request: Request, reqs: list[GenRequest]) -> None:
+    while True:
+        if await request.is_disconnected():
+            for r in reqs:
+                r.cancel()
+            return
+        await asyncio.sleep(0.25)
+
+
+def _count_tokens(ctx: ServerContext, tenant: str, results: Sequence[Any]) -> None:
+    m = ctx.metrics.tokens
+    m.labels("prompt", tenant).inc(sum(r.prompt_tokens for r in results))
+    m.labels("completion", tenant).inc(sum(r.completion_tokens for r in results))
+
+
+# ---- models and retrieval ----------------------------------------------------------------------
+
+
+def resolve_model(request: Request, model_id: str | None) -> ModelRef:
+    host, _ = ctx_of(request).require_engine()
+    return host.resolve(tenant_of(request), model_id or host.base_name)
+
+
+def open_tenant_collection(request: Request, name: str, *, create: bool = False) -> Any:
+    from convtune.errors import ConfigError
+    from embeddings.store import collection_dir, open_collection
+
+    ctx = ctx_of(request)
+    tenant = tenant_of(request)
+    root = ctx.settings.home / "collections"
+    try:
+        folder = collection_dir(name, tenant, root)
+    except ConfigError as exc:
+        raise invalid("collection", str(exc)) from None
+    if not create and not (folder / "docs.sqlite").is_file():
+        raise not_found("collection", name, param="collection")
+    return open_collection(name, tenant, encoder=ctx.get_encoder(), root=root)
+
+
+async def retrieve(request: Request, spec: RetrievalSpec | None, query: str) -> list[ContextChunk]:
+    """The ``spec.k`` chunks of the caller's collection most similar to ``query`` (most relevant first)."""
+    if spec is None:
+        return []
+    ctx = ctx_of(request)
+    if spec.k > ctx.settings.retrieval_max_k:
+        raise invalid("retrieval.k", f"retrieval.k must be <= {ctx.settings.retrieval_max_k}")
+
+    def run() -> list[ContextChunk]:
+        from embeddings.grounding import retrieve_context
+
+        coll = open_tenant_collection(request, spec.collection)
+        try:
+            return retrieve_context(coll, query, k=spec.k)
+        finally:
+            coll.close()
+
+    return await asyncio.to_thread(run)

@@ -1,0 +1,384 @@
+"""The engine: one thread owns the model; requests queue, batch, decode, stream back.
+
+Request path::
+
+    route --submit()--> pending queue (bounded: over capacity -> 429 at once)
+                           |  engine thread: take up to max_batch_size requests
+                           v  (waiting batch_wait_ms for more), load their adapters
+                        prefill together (left padding, one KV cache, PEFT mixed adapters)
+                           v
+                        decode step by step; each row samples with its own
+                        temperature/top_p/seed, stops on an end-of-turn token, a stop
+                        string, max_tokens, its deadline or a cancel (client gone)
+                           v
+                        events -> the request's callback (the route bridges them
+                        into its asyncio loop)
+
+Finished rows leave the batch (their cache rows are dropped), so a long answer
+does not make short ones pay. Work that needs the model exclusively (call
+analytics' chained tasks, which reuse one KV cache across several answers) is
+queued as a job and runs between batches on the same thread.
+
+Greedy decoding is deterministic and independent of what else is in the batch
+up to float rounding of padded matmuls; ``tests/test_serve_engine.py`` checks
+mixed-adapter batches against solo runs byte for byte.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve.errors import APIError, overloaded
+from serve.models import ModelHost, ModelRef
+
+log = logging.getLogger("convtune.serve")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = 1.0  # CTRL-style: >1 discourages tokens already generated
+
+
+@dataclass
+class Event:
+    """``kind``: "delta" (new text), "done" (finish_reason, usage) or "error" (an APIError)."""
+
+    kind: str
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: APIError | None = None
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    model: ModelRef
+    sampling: Sampling
+    emit: Callable[[Event], None]  # called on the engine thread
+    deadline: float  # time.monotonic() by which it must finish
+    tenant: str = ""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # decode state
+    out: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of text already emitted
+    done: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Job:
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future
+
+
+class Engine:
+    """Bounded admission + a batching loop on one thread. ``start()`` / ``stop()``."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        *,
+        max_batch_size: int = 16,
+        max_inflight: int = 128,
+        batch_wait_ms: float = 2.0,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        from convtune.evaluation.generate import Generator
+
+        self.host = host
+        self.max_batch_size = max_batch_size
+        self.max_inflight = max_inflight
+        self.batch_wait = batch_wait_ms / 1000
+        self.on_batch = on_batch
+        self._gen_cls = Generator
+        self._cv = threading.Condition()
+        self._pending: deque[GenRequest] = deque()
+        self._jobs: deque[_Job] = deque()
+        self._inflight = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # batches run (for tests and metrics)
+        self.max_rows_seen = 0
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="convtune-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new work, let in-flight work finish for ``timeout`` s, then cancel the rest."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._cv:
+            for req in self._pending:
+                req.cancel()
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending) + len(self._jobs)
+
+    # ---- admission (any thread) ---------------------------------------------------------------
+
+    def _admit(self, n: int) -> None:
+        if self._stopping:
+            raise APIError(
+                503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "5"}
+            )
+        if self._inflight + n > self.max_inflight:
+            raise overloaded()
+        self._inflight += n
+
+    def submit(self, requests: list[GenRequest]) -> None:
+        """Queue requests (all or none); raises 429/503 APIError when over capacity."""
+        with self._cv:
+            self._admit(len(requests))
+            self._pending.extend(requests)
+            self._cv.notify_all()
+
+    def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn()`` on the engine thread between batches (exclusive use of the model)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            self._admit(1)
+            self._jobs.append(_Job(fn, fut))
+            self._cv.notify_all()
+        return fut
+
+    def _release(self, n: int = 1) -> None:
+        with self._cv:
+            self._inflight -= n
+
+    # ---- the loop (engine thread) ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._jobs and not self._stopping:
+                    self._cv.wait()
+                if self._stopping and not self._pending and not self._jobs:
+                    return
+                job = self._jobs.popleft() if self._jobs else None
+            if job is not None:
+                self._run_job(job)
+                continue
+            if self.batch_wait and len(self._pending) < self.max_batch_size:
+                time.sleep(self.batch_wait)  # let concurrent requests join this batch
+            with self._cv:
+                batch = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
+            live = [r for r in batch if not self._finish_if_stale(r)]
+            if live:
+                try:
+                    self._run_batch(live)
+                except APIError as exc:
+                    for r in live:
+                        self._fail(r, exc)
+                except Exception as exc:  # a bug or OOM: fail these requests, keep serving
+                    log.exception("batch of %d failed", len(live))
+                    for r in live:
+                        self._fail(
+                            r,
+                            APIError(
+                                500,
+                                f"generation failed: {type(exc).__name__}",
+                                type="server_error",
+                                code="internal_error",
+                            ),
+                        )
+            self._release(len(batch))
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_result(job.fn())
+        except BaseException as exc:  # delivered to the waiting route
+            job.future.set_exception(exc)
+        finally:
+            self._release()
+
+    def _finish_if_stale(self, r: GenRequest) -> bool:
+        if r.cancelled.is_set():
+            return True
+        if time.monotonic() > r.deadline:
+            self._fail(r, _timeout())
+            return True
+        return False
+
+    def _fail(self, r: GenRequest, err: APIError) -> None:
+        if not r.done:
+            r.done = True
+            r.emit(Event("error", error=err))
+
+    # ---- batched decoding -------------------------------------------------------------------------
+
+    def _run_batch(self, batch: list[GenRequest]) -> None:
+        import torch
+
+        host = self.host
+        aliases = host.ensure([r.model for r in batch])
+        names = [aliases[r.model.adapter_key] for r in batch]
+        model = host.model
+        gen = self._gen_cls(model, host.tokenizer)
+        mixed = names if model is not host.base_model else None
+        self.batches += 1
+        self.max_rows_seen = max(self.max_rows_seen, len(batch))
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        samplers = [_Sampler(r.sampling, torch) for r in batch]
+        with torch.inference_mode():
+            rows = gen.rows(len(batch), reuse=False, adapter_names=mixed)
+            logits = rows.prefill([r.prompt_ids for r in batch])
+            group = list(range(len(batch)))  # batch rows still decoding, in cache order
+            cache, mask = rows.cache, rows.mask
+            positions = [len(r.prompt_ids) for r in batch]
+            while True:
+                nxt = [samplers[i].pick(logits[g], batch[i].out) for g, i in enumerate(group)]
+                for g, i in enumerate(group):
+                    self._advance(batch[i], nxt[g], gen.stop_ids, host.tokenizer)
+                running = [g for g, i in enumerate(group) if not batch[i].done]
+                if not running:
+                    break
+                if len(running) < len(group):  # finished rows leave the batch
+                    idx = torch.tensor(running, dtype=torch.long, device=gen.device)
+                    from transformers import DynamicCache
+
+                    cache = DynamicCache(
+                        [
+                            (layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
+                            for layer in cache.layers
+                        ]
+                    )
+                    mask = mask.index_select(0, idx)
+                    nxt = [nxt[g] for g in running]
+                    group = [group[g] for g in running]
+                ids = torch.tensor([[t] for t in nxt], dtype=torch.long, device=gen.device)
+                pos = torch.tensor([[positions[i]] for i in group], dtype=torch.long, device=gen.device)
+                for i in group:
+                    positions[i] += 1
+                mask = torch.cat([mask, mask.new_ones(len(group), 1)], dim=1)
+                extra = {"adapter_names": [names[i] for i in group]} if mixed is not None else {}
+                out = gen.forward(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **extra,
+                )
+                logits = out.logits[:, -1, :].float()
+
+    def _advance(self, r: GenRequest, token: int, stop_ids: set[int], tokenizer: Any) -> None:
+        """Append one token to ``r``; emit new text; finish on stop/limits/deadline/cancel."""
+        if r.done:
+            return
+        if r.cancelled.is_set():
+            r.done = True
+            return
+        if time.monotonic() > r.deadline:
+            self._fail(r, _timeout())
+            return
+        stopped = token in stop_ids
+        if not stopped:
+            r.out.append(token)
+        text = tokenizer.decode(r.out, skip_special_tokens=True)
+        finish = "stop" if stopped else None
+        cut = _find_stop(text, r.sampling.stop, max(0, r.sent - _longest(r.sampling.stop)))
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+        elif finish is None and len(r.out) >= r.sampling.max_tokens:
+            finish = "length"
+        if finish is None:
+            # hold back what could still become a stop string, and half-decoded characters
+            safe = len(text) - max(0, _longest(r.sampling.stop) - 1)
+            while safe > r.sent and text[safe - 1] == "\ufffd":
+                safe -= 1
+            if safe > r.sent:
+                r.emit(Event("delta", text=text[r.sent : safe]))
+                r.sent = safe
+            return
+        if len(text) > r.sent:
+            r.emit(Event("delta", text=text[r.sent :]))
+            r.sent = len(text)
+        r.done = True
+        r.emit(
+            Event("done", finish_reason=finish, prompt_tokens=len(r.prompt_ids), completion_tokens=len(r.out))
+        )
+
+
+class _Sampler:
+    """Greedy at temperature 0; otherwise temperature + top-k + nucleus (top_p) sampling with
+    the request's own seeded generator, so a seed reproduces its output whatever the batch."""
+
+    def __init__(self, s: Sampling, torch: Any):
+        self.torch = torch
+        self.s = s
+        self.gen = None
+        if s.temperature > 0 and s.top_k != 1:
+            self.gen = torch.Generator()
+            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+            self.gen.manual_seed(seed)
+
+    def pick(self, logits: Any, previous: list[int]) -> int:
+        torch = self.torch
+        s = self.s
+        if s.repetition_penalty != 1.0 and previous:
+            logits = logits.clone()
+            seen = torch.tensor(sorted(set(previous)), dtype=torch.long, device=logits.device)
+            vals = logits[seen]
+            logits[seen] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
+        if self.gen is None:
+            return int(logits.argmax())
+        logits = logits.float().cpu() / s.temperature
+        if s.top_k > 1:
+            kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
+            logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)
+        probs = torch.softmax(logits, dim=-1)
+        if s.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # always keeps the most likely token
+            sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+            return int(order[torch.multinomial(sorted_p, 1, generator=self.gen)])
+        return int(torch.multinomial(probs, 1, generator=self.gen))
+
+
+def _longest(stop: tuple[str, ...]) -> int:
+    return max((len(s) for s in stop), default=0)
+
+
+def _find_stop(text: str, stop: tuple[str, ...], start: int) -> int | None:
+    found = [i for s in stop if s and (i := text.find(s, start)) >= 0]
+    return min(found) if found else None
+
+
+def _timeout() -> APIError:
+    return APIError(504, "the request did not finish before its deadline", code="deadline_exceeded")

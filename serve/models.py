@@ -1,0 +1,190 @@
+"""One base model in memory, many tenants' LoRA adapters on it, loaded lazily and evicted LRU.
+
+Model ids a tenant can name: the base model's name (shared by every tenant)
+and the names of the tenant's registered models (``convtune models add``).
+An adapter is loaded into the one PEFT model under an internal alias
+(``a0``, ``a1``, ...); a batch names each row's alias (PEFT's mixed-adapter
+batches), the base model's rows ``__base__``. Everything here runs on the
+engine thread, except :meth:`ModelHost.resolve` (a file lookup).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convtune.renderer import Renderer
+from convtune.tenancy import ModelStore
+from serve.errors import APIError, not_found
+
+log = logging.getLogger("convtune.serve")
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a request's ``model`` resolved to, within the caller's tenant."""
+
+    id: str
+    adapter_key: str | None  # "<tenant>/<name>" for an adapter, None for the base model
+    path: Path | None  # the registered run directory
+    tenant: str | None
+
+
+@dataclass
+class LoadedAdapter:
+    alias: str
+    renderer: Renderer
+    task_names: list[str]
+    few_shot: dict[str, Any] | None
+    path: Path
+
+
+class ModelHost:
+    """The base model, its tokenizer and renderer, and the adapters currently in memory."""
+
+    def __init__(self, model: Any, tokenizer: Any, base_name: str, store: ModelStore, *, max_adapters: int):
+        self.base_model = model
+        self.model = model  # becomes a PeftModel when the first adapter loads
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        self.renderer = Renderer(tokenizer)
+        self.store = store
+        self.max_adapters = max_adapters
+        self.loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # key -> adapter, LRU order
+        self._next_alias = 0
+        self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+
+    # ---- lookup (any thread) ---------------------------------------------------------------
+
+    def resolve(self, tenant: str, model_id: str) -> ModelRef:
+        """The caller's model: the base model or one of the tenant's; anything else is 404."""
+        if model_id == self.base_name:
+            return ModelRef(model_id, None, None, None)
+        found = self.store.get(tenant, model_id)
+        if found is None:
+            raise not_found("model", model_id, param="model")
+        return ModelRef(model_id, f"{tenant}/{model_id}", found.path, tenant)
+
+    def list(self, tenant: str) -> list[dict[str, Any]]:
+        base = {
+            "id": self.base_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "convtune",
+            "root": self.base_name,
+            "parent": None,
+        }
+        out = [base]
+        for m in self.store.list(tenant):
+            out.append(
+                {
+                    "id": m.name,
+                    "object": "model",
+                    "created": m.created_at,
+                    "owned_by": tenant,
+                    "root": self.base_name,
+                    "parent": self.base_name,
+                }
+            )
+        return out
+
+    # ---- adapters (engine thread) -----------------------------------------------------------
+
+    def ensure(self, refs: list[ModelRef]) -> dict[str | None, str]:
+        """Load every adapter ``refs`` need (evicting least recently used ones not needed now);
+        returns adapter key -> alias (None -> ``__base__``)."""
+        needed = {r.adapter_key: r for r in refs if r.adapter_key is not None}
+        if len(needed) > self.max_adapters:
+            raise APIError(
+                503,
+                "too many different adapters in one batch",
+                code="adapter_capacity",
+                headers={"Retry-After": "1"},
+            )
+        aliases: dict[str | None, str] = {None: BASE}
+        for key, ref in needed.items():
+            if key in self.loaded:
+                self.loaded.move_to_end(key)
+            else:
+                while len(self.loaded) >= self.max_adapters:
+                    victim = next(k for k in self.loaded if k not in needed)
+                    self._unload(victim)
+                self._load(key, ref)
+            aliases[key] = self.loaded[key].alias
+        return aliases
+
+    def adapter(self, key: str) -> LoadedAdapter:
+        return self.loaded[key]
+
+    def _load(self, key: str, ref: ModelRef) -> None:
+        from peft import PeftModel
+
+        assert ref.path is not None
+        info = json.loads((ref.path / "tasks.json").read_text())
+        alias = f"a{self._next_alias}"
+        self._next_alias += 1
+        with warnings.catch_warnings():  # PEFT reads a property transformers 5.x renamed
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            if self.model is self.base_model:
+                self.model = PeftModel.from_pretrained(
+                    self.base_model, ref.path / "adapter", adapter_name=alias
+                )
+            else:
+                self.model.load_adapter(ref.path / "adapter", adapter_name=alias)
+        self.model.eval()
+        r = info["renderer"]
+        renderer = Renderer(
+            self.tokenizer,
+            system_prompt=r["system_prompt"],
+            max_transcript_tokens=r["max_transcript_tokens"],
+            max_context_tokens=r["max_context_tokens"],
+        )
+        self.loaded[key] = LoadedAdapter(
+            alias, renderer, [t["name"] for t in info["tasks"]], info.get("few_shot"), ref.path
+        )
+        log.info("adapter %s loaded as %s (%d in memory)", key, alias, len(self.loaded))
+
+    def _unload(self, key: str) -> None:
+        gone = self.loaded.pop(key)
+        self.model.delete_adapter(gone.alias)
+        log.info("adapter %s evicted (%d in memory)", key, len(self.loaded))
+
+    @contextlib.contextmanager
+    def active(self, ref: ModelRef) -> Iterator[Any]:
+        """The model with ``ref``'s adapter active (or every adapter disabled), for exclusive jobs."""
+        key = ref.adapter_key
+        if key is None:
+            if self.model is self.base_model:
+                yield self.model
+            else:
+                with self.model.disable_adapter():
+                    yield self.model
+            return
+        self.ensure([ref])
+        self.model.set_adapter(self.loaded[key].alias)
+        yield self.model
+
+    def renderer_for(self, ref: ModelRef) -> Renderer:
+        if ref.adapter_key is None:
+            return self.renderer
+        return self.loaded[ref.adapter_key].renderer if ref.adapter_key in self.loaded else self._peek(ref)
+
+    def _peek(self, ref: ModelRef) -> Renderer:
+        """A not-yet-loaded adapter's renderer, read from its run directory."""
+        assert ref.path is not None
+        r = json.loads((ref.path / "tasks.json").read_text())["renderer"]
+        return Renderer(
+            self.tokenizer,
+            system_prompt=r["system_prompt"],
+            max_transcript_tokens=r["max_transcript_tokens"],
+            max_context_tokens=r["max_context_tokens"],
+        )

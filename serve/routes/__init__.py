@@ -1,0 +1,1 @@
+"""Thin routers: validate (protocol models + serve.bridge limits), render, hand to the engine."""

@@ -1,0 +1,176 @@
+"""``POST /v1/conversations/analyze``: every requested task about one call, in one model pass.
+
+The conversation is PII-redacted first; the deterministic talk-time analytics
+come from its timestamps (no model). The tasks are asked one after another in
+one chat (the renderer's chained layout, transcript encoded once, KV cache
+reused across answers), on the engine thread as one exclusive job, with
+classification tasks constrained to their labels (confidence = the label's
+softmax share over the label set). Each output carries the turn ids it rests
+on (:mod:`convtune.attribution`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from convtune.attribution import evidence, split_sentences
+from convtune.errors import ConfigError
+from serve.bridge import ctx_of, resolve_model, tenant_of
+from serve.errors import APIError, invalid
+from serve.protocol import AnalyzeRequest
+
+router = APIRouter(tags=["analytics"])
+
+
+def _conversation(body: AnalyzeRequest) -> Any:
+    from pydantic import ValidationError
+
+    from convtune.conversation import Conversation
+
+    turns = []
+    for i, m in enumerate(body.conversation.messages):
+        turn: dict[str, Any] = {"id": m.id or f"m{i + 1}", "speaker": m.speaker, "text": m.text}
+        if m.start is not None or m.end is not None:
+            turn.update(start=m.start, end=m.end)
+        if m.role:
+            turn["role"] = m.role
+        turns.append(turn)
+    meta = {"channel": body.conversation.channel} if body.conversation.channel else {}
+    try:
+        return Conversation.model_validate(
+            {"id": f"conv-{uuid.uuid4().hex[:12]}", "turns": turns, "metadata": meta}
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]).replace("turns", "conversation.messages")
+        raise invalid(loc, f"{loc}: {err['msg']}") from None
+
+
+def _with_evidence(task: Any, value: Any, conv: Any, customer: list[str]) -> Any:
+    """The parsed value shaped for clients, each item with ``message_ids``."""
+    if value is None:
+        return None
+    name = task.name
+    if name == "summary" and isinstance(value, str):
+        return [{"text": s, "message_ids": evidence(s, conv)} for s in split_sentences(value)]
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            data = item.model_dump() if hasattr(item, "model_dump") else item
+            text = data.get("text") if isinstance(data, dict) else str(data)
+            entry = dict(data) if isinstance(data, dict) else {"text": text}
+            entry["message_ids"] = evidence(str(text or ""), conv)
+            out.append(entry)
+        return out
+    data = value.model_dump() if hasattr(value, "model_dump") else value
+    if isinstance(data, dict):
+        return {**data, "message_ids": customer}
+    return {
+        "label": data,
+        "message_ids": evidence(str(data).replace("_", " "), conv, speakers=None) or customer[:1],
+    }
+
+
+@router.post("/v1/conversations/analyze")
+async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
+    from convtune.analytics import analyze as talk_time
+    from convtune.data import redact_all
+    from convtune.evaluation.evaluate import resolve_tasks
+    from convtune.evaluation.generate import Generator, answer_tasks
+
+    ctx = ctx_of(request)
+    host, engine = ctx.require_engine()
+    ref = resolve_model(request, body.model)
+    conv = _conversation(body)
+    redactions: dict[str, int] = {}
+    if body.redact:
+        (conv,), counts = redact_all([conv])
+        redactions = dict(counts)
+    try:
+        tasks = resolve_tasks(body.tasks, run_dir=ref.path)
+    except (ConfigError, KeyError) as exc:
+        raise invalid("tasks", f"tasks: {exc}") from None
+    renderer = host.renderer_for(ref)
+    customer = [t.id for t in conv.turns if t.role.value == "customer"] or [conv.turns[0].id]
+
+    def job() -> Any:
+        import torch
+
+        context = None
+        if ref.adapter_key is not None:
+            host.ensure([ref])
+            few_shot = host.adapter(ref.adapter_key).few_shot
+            if few_shot:
+                context = _few_shot(ctx, ref.path, few_shot, conv, tasks)
+        with host.active(ref) as model, torch.inference_mode():
+            return answer_tasks(
+                Generator(model, host.tokenizer),
+                renderer,
+                [conv],
+                tasks,
+                strategy="chained",
+                batch_size=1,
+                constrained=True,
+                context=context,
+            )
+
+    started = time.perf_counter()
+    try:
+        run = await asyncio.wait_for(asyncio.wrap_future(engine.run_job(job)), ctx.settings.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(504, "analysis did not finish before its deadline", code="deadline_exceeded") from None
+    results: dict[str, Any] = {}
+    prompt_tokens = completion_tokens = 0
+    for task, answer in zip(tasks, run.answers, strict=True):
+        parsed = task.parse(answer.text)
+        entry: dict[str, Any] = {
+            "output": _with_evidence(task, parsed.value if parsed.ok else None, conv, customer),
+            "valid": parsed.ok,
+            "error": None if parsed.ok else parsed.error,
+        }
+        if answer.label_scores:
+            top = max(answer.label_scores.values())
+            z = sum(math.exp(v - top) for v in answer.label_scores.values())
+            entry["confidence"] = round(1 / z, 4)  # the chosen label's share
+        results[task.name] = entry
+        prompt_tokens += answer.computed_prompt_tokens
+        completion_tokens += len(answer.token_ids)
+    tenant = tenant_of(request)
+    ctx.metrics.tokens.labels("prompt", tenant).inc(prompt_tokens)
+    ctx.metrics.tokens.labels("completion", tenant).inc(completion_tokens)
+    return {
+        "id": f"analysis-{uuid.uuid4().hex[:16]}",
+        "object": "conversation.analysis",
+        "model": ref.id,
+        "created": int(time.time()),
+        "conversation_id": conv.id,
+        "messages": [{"id": t.id, "speaker": t.speaker, "text": t.text} for t in conv.turns],
+        "tasks": results,
+        "analytics": talk_time(conv).model_dump(mode="json"),
+        "redactions": redactions,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    }
+
+
+def _few_shot(ctx: Any, run_dir: Any, few_shot: dict[str, Any], conv: Any, tasks: list[Any]) -> Any:
+    from embeddings.fewshot import few_shot_context
+    from embeddings.index import Collection
+
+    wanted = [t for t in tasks if t.name in few_shot["tasks"]]
+    if not wanted:
+        return None
+    coll = Collection(run_dir / few_shot["index"], ctx.get_encoder())
+    try:
+        return few_shot_context(coll, [conv], wanted, few_shot["k"])
+    finally:
+        coll.close()

@@ -1,0 +1,272 @@
+"""OpenAI-compatible routes: ``/v1/models``, ``/v1/chat/completions`` (+ SSE), ``/v1/embeddings``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from serve.bridge import (
+    Completion,
+    check_context,
+    check_sampling,
+    complete,
+    ctx_of,
+    resolve_model,
+    retrieve,
+    stream,
+    tenant_of,
+)
+from serve.errors import APIError, from_exception, invalid
+from serve.protocol import ChatCompletionRequest, EmbeddingRequest
+
+router = APIRouter(tags=["openai"])
+
+EMBEDDING_MODEL = "all-minilm-l6-v2"  # the packaged sentence encoder's id
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    data = ctx.host.list(tenant_of(request)) if ctx.host is not None else []
+    data.append(
+        {
+            "id": EMBEDDING_MODEL,
+            "object": "model",
+            "created": 0,
+            "owned_by": "convtune",
+            "root": EMBEDDING_MODEL,
+            "parent": None,
+        }
+    )
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    for m in (await list_models(request))["data"]:
+        if m["id"] == model_id:
+            return m
+    raise APIError(404, f"model {model_id!r} not found", param="model", code="model_not_found")
+
+
+# ---- chat -------------------------------------------------------------------------------------
+
+
+def _chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    ]
+
+
+def _json_text(text: str) -> str:
+    """JSON mode: the first JSON object in the output (fences and prose stripped, trailing
+    commas repaired); if the model produced none, the text wrapped as {"text": ...}."""
+    from tasks.parsing import find_json
+
+    values, _ = find_json(text)
+    for _, value in values:
+        if isinstance(value, dict):
+            return json.dumps(value, ensure_ascii=False)
+    return json.dumps({"text": text.strip()}, ensure_ascii=False)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    ctx = ctx_of(request)
+    if body.tools:
+        raise invalid("tools", "tools are not supported by convtune", code="unsupported_parameter")
+    if body.logprobs:
+        raise invalid("logprobs", "logprobs are not supported by convtune", code="unsupported_parameter")
+    if len(body.messages) > ctx.settings.max_messages:
+        raise invalid("messages", f"at most {ctx.settings.max_messages} messages")
+    if not any(m.role == "user" for m in body.messages):
+        raise invalid("messages", "messages must include a user message")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    sampling = check_sampling(
+        ctx,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        max_tokens_param=param,
+        stop=stop,
+        stop_param="stop",
+        n=body.n,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+    )
+    ref = resolve_model(request, body.model)
+    host = ctx.host
+    messages = _chat_messages(body)
+    json_mode = body.response_format is not None and body.response_format.type != "text"
+    query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    context = await retrieve(request, body.retrieval, query)
+    prompt = host.renderer.encode_chat(messages, context, json_object=json_mode).input_ids
+    check_context(ctx, prompt, sampling, host.context_window)
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        events = await stream(request, prompt, ref, sampling, body.n)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse_chat(events, cid, created, body.model, body.n, json_mode, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    results = await complete(request, prompt, ref, sampling, body.n)
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": _json_text(r.text) if json_mode else r.text},
+                "finish_reason": r.finish_reason,
+                "logprobs": None,
+            }
+            for i, r in enumerate(results)
+        ],
+        "usage": _usage(results),
+    }
+
+
+def _usage(results: list[Completion]) -> dict[str, int]:
+    prompt = results[0].prompt_tokens if results else 0
+    completion = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _sse_chat(
+    events: AsyncIterator[Any],
+    cid: str,
+    created: int,
+    model: str,
+    n: int,
+    json_mode: bool,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> str:
+        return _sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            }
+        )
+
+    for i in range(n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    buffered = [""] * n
+    prompt_tokens = completion_tokens = 0
+    try:
+        async for i, ev in events:
+            if ev.kind == "delta":
+                if json_mode:
+                    buffered[i] += ev.text
+                else:
+                    yield chunk(i, {"content": ev.text})
+            elif ev.kind == "done":
+                if json_mode:
+                    yield chunk(i, {"content": _json_text(buffered[i])})
+                prompt_tokens = ev.prompt_tokens
+                completion_tokens += ev.completion_tokens
+                yield chunk(i, {}, ev.finish_reason)
+            elif ev.kind == "error":
+                yield _sse(ev.error.body())
+                return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # mid-stream: the status line is gone, the error goes in the stream
+        yield _sse(from_exception(exc).body())
+        return
+    if include_usage:
+        yield _sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+    yield "data: [DONE]\n\n"
+
+
+# ---- embeddings ---------------------------------------------------------------------------------
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    s = ctx.settings
+    if body.model != EMBEDDING_MODEL:
+        raise APIError(
+            404,
+            f"embedding model {body.model!r} not found (available: {EMBEDDING_MODEL})",
+            param="model",
+            code="model_not_found",
+        )
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise invalid("input", "input must not be empty")
+    if not all(isinstance(t, str) for t in texts):
+        raise invalid("input", "token-id input is not supported; send text", code="unsupported_parameter")
+    if len(texts) > s.embed_max_inputs:
+        raise invalid("input", f"at most {s.embed_max_inputs} inputs per request")
+    if any(not t for t in texts):
+        raise invalid("input", "inputs must not be empty strings")
+    vectors, tokens = await asyncio.to_thread(_embed, ctx, texts)
+    if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+        raise invalid(
+            "dimensions", f"{EMBEDDING_MODEL} has {vectors.shape[1]} dimensions and cannot be shortened"
+        )
+    ctx.metrics.tokens.labels("embedding", tenant_of(request)).inc(tokens)
+    data = []
+    for i, v in enumerate(vectors):
+        emb: Any = (
+            base64.b64encode(v.astype("<f4").tobytes()).decode()
+            if body.encoding_format == "base64"
+            else [float(x) for x in v]
+        )
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {
+        "object": "list",
+        "data": data,
+        "model": EMBEDDING_MODEL,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _embed(ctx: Any, texts: list[str]) -> tuple[np.ndarray, int]:
+    """Vectors and token count. Inputs past the encoder's window (256 tokens for MiniLM) are
+    embedded from their beginning, as sentence-transformers does."""
+    s = ctx.settings
+    encoder = ctx.get_encoder()
+    counts = encoder.count_tokens(texts)
+    for i, c in enumerate(counts):
+        if c > s.embed_max_input_tokens:
+            raise invalid("input", f"input {i} has {c} tokens; at most {s.embed_max_input_tokens}")
+    if sum(counts) > s.embed_max_total_tokens:
+        raise invalid("input", f"{sum(counts)} tokens in the request; at most {s.embed_max_total_tokens}")
+    return encoder.encode(texts).vectors, sum(counts)

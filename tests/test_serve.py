@@ -1,0 +1,275 @@
+"""The server on a tiny random model: the official `openai` client, errors, tenancy, limits."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from .serve_helpers import make_run, make_server
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-runs")
+    return {"alpha": make_run(tiny_model_dir, root / "alpha", 1), "beta": make_run(tiny_model_dir, root / "beta", 2)}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, runs, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    srv = make_server(tiny_model_dir, tmp_path_factory.mktemp("serve-home"), runs)
+    with TestClient(srv.app) as client:
+        srv.client = client
+        yield srv
+
+
+@pytest.fixture
+def oai(server):
+    return openai.OpenAI(base_url="http://testserver/v1", api_key=server.acme, http_client=server.client,
+                         max_retries=0)
+
+
+def auth(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+HELLO = [{"role": "user", "content": "My card was charged twice for one order. Can you help?"}]
+
+
+# ---- the official client ---------------------------------------------------------------------
+
+
+def test_models_list_shows_base_own_adapters_and_embedder_only(oai):
+    ids = [m.id for m in oai.models.list()]
+    assert ids[0] == "tiny-base" and {"alpha", "beta", "all-minilm-l6-v2"} <= set(ids)
+    assert "gamma" not in ids  # another tenant's model
+    alpha = oai.models.retrieve("alpha")
+    assert alpha.owned_by == "acme"
+
+
+def test_chat_plain_and_streaming_agree(oai):
+    out = oai.chat.completions.create(model="alpha", messages=HELLO, max_tokens=12, seed=1)
+    choice = out.choices[0]
+    assert out.object == "chat.completion" and choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+    assert out.usage.completion_tokens <= 12 and out.usage.prompt_tokens > 10
+    chunks = list(oai.chat.completions.create(model="alpha", messages=HELLO, max_tokens=12, stream=True,
+                                              stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content  # greedy: same bytes streamed or not
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
+    assert chunks[-1].usage.completion_tokens == out.usage.completion_tokens
+
+
+def test_chat_n_seed_stop_and_json_mode(oai):
+    sampled = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=8, n=3,
+                                          temperature=1.0, seed=7)
+    again = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=8, n=3,
+                                        temperature=1.0, seed=7)
+    assert len(sampled.choices) == 3 and [c.index for c in sampled.choices] == [0, 1, 2]
+    assert [c.message.content for c in sampled.choices] == [c.message.content for c in again.choices]
+    greedy = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16).choices[0]
+    if len(greedy.message.content) > 4:
+        stop = greedy.message.content[2:4]
+        cut = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16, stop=[stop])
+        assert cut.choices[0].message.content == greedy.message.content.split(stop)[0]
+        assert cut.choices[0].finish_reason == "stop"
+    js = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=8,
+                                     response_format={"type": "json_object"})
+    assert isinstance(json.loads(js.choices[0].message.content), dict)
+
+
+def test_embeddings_base64_default_and_float(oai, server):
+    default = oai.embeddings.create(model="all-minilm-l6-v2", input=["refund please", "roaming fee"])
+    floats = oai.embeddings.create(model="all-minilm-l6-v2", input="refund please", encoding_format="float")
+    a = np.array(default.data[0].embedding, dtype=np.float32)
+    b = np.array(floats.data[0].embedding, dtype=np.float32)
+    assert a.shape == (384,) and np.allclose(a, b, atol=1e-6) and abs(np.linalg.norm(a) - 1) < 1e-4
+    assert len(default.data) == 2 and default.usage.prompt_tokens > 0
+    raw = server.client.post("/v1/embeddings", headers=auth(server.acme),
+                             json={"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "base64"})
+    vec = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
+    assert vec.shape == (384,)
+
+
+def test_client_gets_typed_exceptions(oai, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="alpha", messages=HELLO, max_tokens=10**6)
+    assert e.value.body["param"] == "max_tokens" and e.value.body["code"] == "invalid_value"
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="gamma", messages=HELLO)  # globex's model
+    with pytest.raises(openai.NotFoundError):
+        oai.embeddings.create(model="text-embedding-3-small", input="x")
+    bad = openai.OpenAI(base_url="http://testserver/v1", api_key="ct-wrong", http_client=server.client,
+                        max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="alpha", messages=HELLO, tools=[{"type": "function"}])
+    assert e.value.body["param"] == "tools"
+
+
+# ---- errors, auth, tenancy ------------------------------------------------------------------------
+
+
+def test_every_route_but_live_needs_a_key(server):
+    c = server.client
+    assert c.get("/live").status_code == 200
+    for method, path in [("get", "/ready"), ("get", "/metrics"), ("get", "/v1/models"),
+                         ("post", "/v1/chat/completions"), ("post", "/v1/model/generate"),
+                         ("post", "/v1/conversations/analyze"), ("get", "/v1/collections")]:
+        r = getattr(c, method)(path)
+        assert r.status_code == 401, path
+        assert r.json()["error"]["code"] == "missing_api_key"
+    r = c.get("/v1/models", headers={"ApiKey": server.acme})  # Nebula's header
+    assert r.status_code == 200
+
+
+def test_framework_errors_use_the_openai_shape(server):
+    c = server.client
+    r = c.get("/v1/nope", headers=auth(server.acme))
+    assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = c.get("/v1/chat/completions", headers=auth(server.acme))
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    r = c.post("/v1/chat/completions", headers={**auth(server.acme), "content-type": "application/json"},
+               content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert r.headers["x-request-id"]
+
+
+BAD = [
+    ("/v1/chat/completions", {"temperature": 3}, "temperature"),
+    ("/v1/chat/completions", {"top_p": 0}, "top_p"),
+    ("/v1/chat/completions", {"n": 100}, "n"),
+    ("/v1/chat/completions", {"n": 0}, "n"),
+    ("/v1/chat/completions", {"max_tokens": 0}, "max_tokens"),
+    ("/v1/chat/completions", {"max_completion_tokens": 5000}, "max_completion_tokens"),
+    ("/v1/chat/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ("/v1/chat/completions", {"stop": ["x" * 51]}, "stop"),
+    ("/v1/chat/completions", {"messages": []}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+    ("/v1/chat/completions", {"model": ""}, "model"),
+    ("/v1/chat/completions", {"seed": -1}, "seed"),
+    ("/v1/chat/completions", {"retrieval": {"collection": "kb", "k": 0}}, "retrieval.k"),
+    ("/v1/chat/completions", {"response_format": {"type": "xml"}}, "response_format.type"),
+    ("/v1/embeddings", {"input": []}, "input"),
+    ("/v1/embeddings", {"input": [""]}, "input"),
+    ("/v1/embeddings", {"input": [1, 2]}, "input"),
+    ("/v1/embeddings", {"encoding_format": "hex"}, "encoding_format"),
+    ("/v1/embeddings", {"dimensions": 128}, "dimensions"),
+    ("/v1/model/generate", {"stop_sequences": ["a"] * 6}, "stop_sequences"),
+    ("/v1/model/generate", {"temperature": 1.5}, "temperature"),
+    ("/v1/model/generate", {"max_new_tokens": 100000}, "max_new_tokens"),
+    ("/v1/model/generate", {"prompt": {"instruction": "x", "conversation": {"text": "no speakers"}}},
+     "prompt.conversation.text"),
+    ("/v1/model/chat", {"messages": [{"role": "robot", "text": "hi"}]}, "messages.0.role"),
+    ("/v1/conversations/analyze", {"tasks": ["no_such_task"]}, "tasks"),
+    ("/v1/conversations/analyze", {"conversation": {"messages": []}}, "conversation.messages"),
+]
+
+VALID = {
+    "/v1/chat/completions": {"model": "alpha", "messages": HELLO, "max_tokens": 4},
+    "/v1/embeddings": {"model": "all-minilm-l6-v2", "input": "hello"},
+    "/v1/model/generate": {"prompt": "hello", "max_new_tokens": 4},
+    "/v1/model/chat": {"messages": [{"role": "human", "text": "hi"}], "max_new_tokens": 4},
+    "/v1/conversations/analyze": {"conversation": {"messages": [{"speaker": "Customer", "text": "hi"}]}},
+}
+
+
+@pytest.mark.parametrize(("path", "change", "param"), BAD, ids=[f"{p}:{x}" for p, _, x in BAD])
+def test_invalid_fields_are_400_with_param(server, path, change, param):
+    r = server.client.post(path, headers=auth(server.acme), json={**VALID[path], **change})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_other_tenants_ids_are_404(server):
+    c = server.client
+    r = c.post("/v1/chat/completions", headers=auth(server.globex), json={**VALID["/v1/chat/completions"]})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"  # alpha is acme's
+    assert c.post("/v1/collections", headers=auth(server.acme), json={"name": "kb"}).status_code == 201
+    r = c.post("/v1/collections/kb/search", headers=auth(server.globex), json={"query": "x"})
+    assert r.status_code == 404
+    r = c.post("/v1/chat/completions", headers=auth(server.globex),
+               json={"model": "tiny-base", "messages": HELLO, "retrieval": {"collection": "kb"}})
+    assert r.status_code == 404
+    r = c.post("/v1/collections/..%2F..%2Facme%2Fkb/search", headers=auth(server.globex), json={"query": "x"})
+    assert r.status_code in (400, 404)
+
+
+def test_over_capacity_is_429_with_retry_after(server):
+    engine = server.ctx.engine
+    gate = threading.Event()
+    saved = engine.max_inflight
+    engine.max_inflight = 1
+    try:
+        fut = engine.run_job(gate.wait)  # occupies the only slot
+        r = server.client.post("/v1/chat/completions", headers=auth(server.acme),
+                               json=VALID["/v1/chat/completions"])
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+    finally:
+        gate.set()
+        fut.result(timeout=10)
+        engine.max_inflight = saved
+    metrics = server.client.get("/metrics", headers=auth(server.acme)).text
+    assert 'convtune_rejections_total{reason="429",tenant="acme"}' in metrics
+    assert "convtune_request_seconds_bucket" in metrics
+
+
+# ---- Nebula -------------------------------------------------------------------------------------
+
+
+def test_nebula_generate_chat_embed(server):
+    c = server.client
+    h = {"ApiKey": server.acme}
+    conv = "Customer: Hi, my internet is down since this morning.\nAgent: Sorry to hear that, let me check."
+    r = c.post("/v1/model/generate", headers=h, json={
+        "prompt": {"instruction": "Summarise the customer's problem.", "conversation": {"text": conv}},
+        "max_new_tokens": 6, "model": "alpha"})
+    body = r.json()
+    assert r.status_code == 200 and isinstance(body["output"]["text"], str) and body["model"] == "alpha"
+    st = body["stats"]
+    assert st["total_tokens"] == st["total_input_tokens"] + st["output_tokens"]
+    assert st["conversation_tokens"] > 10 and st["instruction_tokens"] > 3
+    r = c.post("/v1/model/chat", headers=h, json={"system_prompt": "Be brief.", "max_new_tokens": 5,
+                                                   "messages": [{"role": "human", "text": "Hello?"}]})
+    msgs = r.json()["messages"]
+    assert [m["role"] for m in msgs] == ["human", "assistant"]
+    with c.stream("POST", "/v1/model/chat/streaming", headers=h, json={
+            "system_prompt": "Be brief.", "max_new_tokens": 5,
+            "messages": [{"role": "human", "text": "Hello?"}]}) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert "".join(e["delta"] for e in events) == msgs[-1]["text"] and "stats" in events[-1]
+    r = c.post("/v1/model/embed", headers=h, json={"text": "refund"})
+    assert len(r.json()["embedding"]) == 384
+
+
+# ---- analytics ----------------------------------------------------------------------------------
+
+
+def test_analyze_returns_every_core_task_analytics_and_redacts(server):
+    conv = {"messages": [
+        {"id": "m1", "speaker": "Agent", "text": "Thanks for calling, how can I help?", "start": 0.0, "end": 2.5},
+        {"id": "m2", "speaker": "Customer", "text": "I was charged twice, my card is 4111 1111 1111 1111.",
+         "start": 3.0, "end": 8.0},
+        {"id": "m3", "speaker": "Agent", "text": "I will refund the duplicate charge today.", "start": 8.5,
+         "end": 11.0}]}
+    r = server.client.post("/v1/conversations/analyze", headers=auth(server.acme),
+                           json={"model": "alpha", "conversation": conv})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
+    assert body["tasks"]["intent"]["valid"] and 0 < body["tasks"]["intent"]["confidence"] <= 1  # constrained
+    assert body["redactions"] == {"CREDIT_CARD": 1} and "4111" not in json.dumps(body)
+    assert body["analytics"]["duration_seconds"] == 11.0 and body["usage"]["completion_tokens"] > 0
