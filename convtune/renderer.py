@@ -287,6 +287,9 @@ class Renderer:
         for m in msgs:
             if m["role"] not in ("system", "user", "assistant"):
                 raise ValueError(f"unknown chat role {m['role']!r} (system, user or assistant)")
+        first = next((m["role"] for m in msgs if m["role"] != "system"), None)
+        if first == "assistant":
+            raise ValueError("a chat must start with a user message (after any system message)")
         users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
         block = self.context_block(context)
         notes = ([CHAT_CONTEXT_NOTE] if block else []) + ([JSON_MODE_NOTE] if json_object else [])

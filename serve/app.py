@@ -113,6 +113,8 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
         lifespan=lifespan,
         description="OpenAI- and Nebula-compatible API for tenants' tuned conversation models.",
     )
+    if context is not None:
+        app.state.ctx = context  # routes can be called before the lifespan runs (schema tools)
     install_error_handlers(app)
     app.add_middleware(_Gate)
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from convtune.errors import ConfigError
 
@@ -53,6 +53,13 @@ class ServerSettings(BaseModel):
     embed_max_input_tokens: int = Field(8192, ge=1)
     embed_max_total_tokens: int = Field(300_000, ge=1)
     retrieval_max_k: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens_limit "
+                             f"({self.max_tokens_limit})")
+        return self
 
     @property
     def db_path(self) -> Path:

@@ -50,7 +50,8 @@ def make_server(tiny_model_dir: Path, home: Path, runs: dict[str, Path], **setti
     from serve.app import build_context, create_app
     from serve.settings import load_settings
 
-    s = load_settings({"home": home, "base_model": "tiny-base", "batch_wait_ms": 20, **settings}, env={})
+    s = load_settings({"home": home, "base_model": "tiny-base", "batch_wait_ms": 20, "max_tokens_limit": 64,
+                       "default_max_tokens": 32, **settings}, env={})
     model, tok = load_model(str(tiny_model_dir), device="cpu")
     ctx = build_context(s, model=model, tokenizer=tok)
     acme, globex = ctx.keys.create("acme"), ctx.keys.create("globex")

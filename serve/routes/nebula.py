@@ -126,7 +126,11 @@ async def _chat_prompt(request: Request, body: NebulaChatRequest) -> tuple[Any, 
     ref = resolve_model(request, body.model)
     msgs = _chat_messages(body)
     context = await retrieve(request, body.retrieval, msgs[-1]["content"])
-    return ref, ctx.host.renderer.encode_chat(msgs, context).input_ids, msgs
+    try:
+        ids = ctx.host.renderer.encode_chat(msgs, context).input_ids
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+    return ref, ids, msgs
 
 
 @router.post("/v1/model/chat")

@@ -109,7 +109,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     json_mode = body.response_format is not None and body.response_format.type != "text"
     query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     context = await retrieve(request, body.retrieval, query)
-    prompt = host.renderer.encode_chat(messages, context, json_object=json_mode).input_ids
+    try:
+        prompt = host.renderer.encode_chat(messages, context, json_object=json_mode).input_ids
+    except ValueError as exc:
+        raise invalid("messages", str(exc)) from None
     check_context(ctx, prompt, sampling, host.context_window)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
