@@ -18,7 +18,13 @@ def run(flags: dict[str, Any]) -> int:
         os.environ[ENV_PREFIX + key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ.setdefault("CONVTUNE_HOME", str(settings.home))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run("serve.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, timeout_graceful_shutdown=int(settings.drain_timeout_s),
-                log_level="info")
+    uvicorn.run(
+        "serve.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        log_level="info",
+    )
     return 0

@@ -125,10 +125,29 @@ class ModelHost:
     def adapter(self, key: str) -> LoadedAdapter:
         return self.loaded[key]
 
+    def _check_base(self, ref: ModelRef) -> None:
+        """An adapter only fits the base model it was trained on."""
+        from convtune.models import resolve_model
+
+        assert ref.path is not None
+        trained_on = json.loads((ref.path / "config.json").read_text()).get("model", {}).get("name", "")
+        try:
+            same = Path(resolve_model(trained_on)).resolve() == Path(resolve_model(self.base_name)).resolve()
+        except Exception:  # an unknown/unavailable base: cannot be this one
+            same = False
+        if not same:
+            raise APIError(
+                409,
+                f"model {ref.id!r} was trained on {trained_on!r}; this server serves {self.base_name!r}",
+                param="model",
+                code="base_model_mismatch",
+            )
+
     def _load(self, key: str, ref: ModelRef) -> None:
         from peft import PeftModel
 
         assert ref.path is not None
+        self._check_base(ref)
         info = json.loads((ref.path / "tasks.json").read_text())
         alias = f"a{self._next_alias}"
         self._next_alias += 1

@@ -57,8 +57,10 @@ class ServerSettings(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
         if self.default_max_tokens > self.max_tokens_limit:
-            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens_limit "
-                             f"({self.max_tokens_limit})")
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens_limit "
+                f"({self.max_tokens_limit})"
+            )
         return self
 
     @property

@@ -27,12 +27,26 @@ def make_run(tiny_model_dir: Path, out: Path, seed: int) -> Path:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     peft.save_pretrained(out / "adapter")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out / "tokenizer")
-    (out / "config.json").write_text(json.dumps({"model": {"name": str(tiny_model_dir)},
-                                                 "tasks": {"names": CORE}}))
-    (out / "tasks.json").write_text(json.dumps({
-        "tasks": [{"name": n} for n in CORE], "weights": {}, "task_files": [], "intent_labels": None,
-        "renderer": {"system_prompt": SYSTEM_PROMPT, "max_transcript_tokens": 512, "max_context_tokens": 256},
-        "max_seq_len": 1024, "few_shot": None}))
+    (out / "config.json").write_text(
+        json.dumps({"model": {"name": str(tiny_model_dir)}, "tasks": {"names": CORE}})
+    )
+    (out / "tasks.json").write_text(
+        json.dumps(
+            {
+                "tasks": [{"name": n} for n in CORE],
+                "weights": {},
+                "task_files": [],
+                "intent_labels": None,
+                "renderer": {
+                    "system_prompt": SYSTEM_PROMPT,
+                    "max_transcript_tokens": 512,
+                    "max_context_tokens": 256,
+                },
+                "max_seq_len": 1024,
+                "few_shot": None,
+            }
+        )
+    )
     (out / "metrics.json").write_text("{}")
     return out
 
@@ -50,8 +64,17 @@ def make_server(tiny_model_dir: Path, home: Path, runs: dict[str, Path], **setti
     from serve.app import build_context, create_app
     from serve.settings import load_settings
 
-    s = load_settings({"home": home, "base_model": "tiny-base", "batch_wait_ms": 20, "max_tokens_limit": 64,
-                       "default_max_tokens": 32, **settings}, env={})
+    s = load_settings(
+        {
+            "home": home,
+            "base_model": "tiny-base",
+            "batch_wait_ms": 20,
+            "max_tokens_limit": 64,
+            "default_max_tokens": 32,
+            **settings,
+        },
+        env={},
+    )
     model, tok = load_model(str(tiny_model_dir), device="cpu")
     ctx = build_context(s, model=model, tokenizer=tok)
     acme, globex = ctx.keys.create("acme"), ctx.keys.create("globex")
