@@ -6,11 +6,14 @@ Steps:
 3. fine-tune SmolLM2-135M-Instruct with LoRA on all four core tasks at once (configs/demo.yaml;
    `convtune train`, about 6 minutes on 2 CPU cores),
 4. evaluate base vs tuned on held-out test conversations (`convtune evaluate`) and print the table
-   (also runs/demo/eval/{metrics.json,metrics.png,predictions.jsonl}).
+   (also runs/demo/eval/{metrics.json,metrics.png,predictions.jsonl}),
+5. register the adapter for tenant "acme", start `convtune serve` and run the README's serving
+   examples (curl chat + analyze, the `openai` client) against it, then stop the server.
 
 Environment knobs: DEMO_EVAL_LIMIT (test conversations evaluated, default 12; 0 = all 36),
-DEMO_TRAIN=0 (reuse a finished runs/demo/train), DEMO_SERVE=0 (stop after the evaluation;
-serving the adapter joins the demo with `convtune serve`).
+DEMO_TRAIN=0 (reuse a finished runs/demo/train), DEMO_SERVE=0 (stop after the evaluation
+instead of 5. serving the adapter with `convtune serve` and running the README's curl and
+`openai` client examples against it).
 """
 
 from __future__ import annotations
@@ -94,7 +97,16 @@ def main() -> int:
     print(f"\ndemo finished in {(done - t0) / 60:.1f} min (training {(trained - t0) / 60:.1f} min incl. "
           f"data, evaluation {(done - trained) / 60:.1f} min)")
     if os.environ.get("DEMO_SERVE", "1") != "0":
-        print(f"serving: `convtune serve` arrives with the server; the tuned adapter is in {RUN / 'adapter'}")
+        banner("5. serve the tuned adapter: the README's serving examples, exactly as written")
+        sys.path.insert(0, str(ROOT / "examples"))
+        import serve_examples
+
+        res = serve_examples.run(ROOT)
+        print(res.stdout)
+        if res.returncode:
+            print(res.stderr[-3000:], file=sys.stderr)
+            return res.returncode
+        print(f"served in {(time.time() - done) / 60:.1f} min")
     return 0
 
 

@@ -17,8 +17,10 @@ openai = pytest.importorskip("openai")
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-runs")
-    return {"alpha": make_run(tiny_model_dir, root / "alpha", 1),
-            "beta": make_run(tiny_model_dir, root / "beta", 2)}
+    return {
+        "alpha": make_run(tiny_model_dir, root / "alpha", 1),
+        "beta": make_run(tiny_model_dir, root / "beta", 2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,9 @@ def server(tiny_model_dir, runs, tmp_path_factory):
 
 @pytest.fixture
 def oai(server):
-    return openai.OpenAI(base_url="http://testserver/v1", api_key=server.acme, http_client=server.client,
-                         max_retries=0)
+    return openai.OpenAI(
+        base_url="http://testserver/v1", api_key=server.acme, http_client=server.client, max_retries=0
+    )
 
 
 def auth(key):
@@ -61,8 +64,11 @@ def test_chat_plain_and_streaming_agree(oai):
     assert out.object == "chat.completion" and choice.message.role == "assistant"
     assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
     assert out.usage.completion_tokens <= 12 and out.usage.prompt_tokens > 10
-    chunks = list(oai.chat.completions.create(model="alpha", messages=HELLO, max_tokens=12, stream=True,
-                                              stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model="alpha", messages=HELLO, max_tokens=12, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == choice.message.content  # greedy: same bytes streamed or not
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -71,10 +77,12 @@ def test_chat_plain_and_streaming_agree(oai):
 
 
 def test_chat_n_seed_stop_and_json_mode(oai):
-    sampled = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=8, n=3,
-                                          temperature=1.0, seed=7)
-    again = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=8, n=3,
-                                        temperature=1.0, seed=7)
+    sampled = oai.chat.completions.create(
+        model="tiny-base", messages=HELLO, max_tokens=8, n=3, temperature=1.0, seed=7
+    )
+    again = oai.chat.completions.create(
+        model="tiny-base", messages=HELLO, max_tokens=8, n=3, temperature=1.0, seed=7
+    )
     assert len(sampled.choices) == 3 and [c.index for c in sampled.choices] == [0, 1, 2]
     assert [c.message.content for c in sampled.choices] == [c.message.content for c in again.choices]
     greedy = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16).choices[0]
@@ -83,8 +91,9 @@ def test_chat_n_seed_stop_and_json_mode(oai):
         cut = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16, stop=[stop])
         assert cut.choices[0].message.content == greedy.message.content.split(stop)[0]
         assert cut.choices[0].finish_reason == "stop"
-    js = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=8,
-                                     response_format={"type": "json_object"})
+    js = oai.chat.completions.create(
+        model="tiny-base", messages=HELLO, max_tokens=8, response_format={"type": "json_object"}
+    )
     assert isinstance(json.loads(js.choices[0].message.content), dict)
 
 
@@ -95,8 +104,11 @@ def test_embeddings_base64_default_and_float(oai, server):
     b = np.array(floats.data[0].embedding, dtype=np.float32)
     assert a.shape == (384,) and np.allclose(a, b, atol=1e-6) and abs(np.linalg.norm(a) - 1) < 1e-4
     assert len(default.data) == 2 and default.usage.prompt_tokens > 0
-    raw = server.client.post("/v1/embeddings", headers=auth(server.acme),
-                             json={"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "base64"})
+    raw = server.client.post(
+        "/v1/embeddings",
+        headers=auth(server.acme),
+        json={"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "base64"},
+    )
     vec = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
     assert vec.shape == (384,)
 
@@ -109,8 +121,9 @@ def test_client_gets_typed_exceptions(oai, server):
         oai.chat.completions.create(model="gamma", messages=HELLO)  # globex's model
     with pytest.raises(openai.NotFoundError):
         oai.embeddings.create(model="text-embedding-3-small", input="x")
-    bad = openai.OpenAI(base_url="http://testserver/v1", api_key="ct-wrong", http_client=server.client,
-                        max_retries=0)
+    bad = openai.OpenAI(
+        base_url="http://testserver/v1", api_key="ct-wrong", http_client=server.client, max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
     with pytest.raises(openai.BadRequestError) as e:
@@ -124,9 +137,15 @@ def test_client_gets_typed_exceptions(oai, server):
 def test_every_route_but_live_needs_a_key(server):
     c = server.client
     assert c.get("/live").status_code == 200
-    for method, path in [("get", "/ready"), ("get", "/metrics"), ("get", "/v1/models"),
-                         ("post", "/v1/chat/completions"), ("post", "/v1/model/generate"),
-                         ("post", "/v1/conversations/analyze"), ("get", "/v1/collections")]:
+    for method, path in [
+        ("get", "/ready"),
+        ("get", "/metrics"),
+        ("get", "/v1/models"),
+        ("post", "/v1/chat/completions"),
+        ("post", "/v1/model/generate"),
+        ("post", "/v1/conversations/analyze"),
+        ("get", "/v1/collections"),
+    ]:
         r = getattr(c, method)(path)
         assert r.status_code == 401, path
         assert r.json()["error"]["code"] == "missing_api_key"
@@ -140,8 +159,11 @@ def test_framework_errors_use_the_openai_shape(server):
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = c.get("/v1/chat/completions", headers=auth(server.acme))
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
-    r = c.post("/v1/chat/completions", headers={**auth(server.acme), "content-type": "application/json"},
-               content=b"{not json")
+    r = c.post(
+        "/v1/chat/completions",
+        headers={**auth(server.acme), "content-type": "application/json"},
+        content=b"{not json",
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     assert r.headers["x-request-id"]
 
@@ -170,8 +192,11 @@ BAD = [
     ("/v1/model/generate", {"stop_sequences": ["a"] * 6}, "stop_sequences"),
     ("/v1/model/generate", {"temperature": 1.5}, "temperature"),
     ("/v1/model/generate", {"max_new_tokens": 100000}, "max_new_tokens"),
-    ("/v1/model/generate", {"prompt": {"instruction": "x", "conversation": {"text": "no speakers"}}},
-     "prompt.conversation.text"),
+    (
+        "/v1/model/generate",
+        {"prompt": {"instruction": "x", "conversation": {"text": "no speakers"}}},
+        "prompt.conversation.text",
+    ),
     ("/v1/model/chat", {"messages": [{"role": "robot", "text": "hi"}]}, "messages.0.role"),
     ("/v1/conversations/analyze", {"tasks": ["no_such_task"]}, "tasks"),
     ("/v1/conversations/analyze", {"conversation": {"messages": []}}, "conversation.messages"),
@@ -201,8 +226,11 @@ def test_other_tenants_ids_are_404(server):
     assert c.post("/v1/collections", headers=auth(server.acme), json={"name": "kb"}).status_code == 201
     r = c.post("/v1/collections/kb/search", headers=auth(server.globex), json={"query": "x"})
     assert r.status_code == 404
-    r = c.post("/v1/chat/completions", headers=auth(server.globex),
-               json={"model": "tiny-base", "messages": HELLO, "retrieval": {"collection": "kb"}})
+    r = c.post(
+        "/v1/chat/completions",
+        headers=auth(server.globex),
+        json={"model": "tiny-base", "messages": HELLO, "retrieval": {"collection": "kb"}},
+    )
     assert r.status_code == 404
     r = c.post("/v1/collections/..%2F..%2Facme%2Fkb/search", headers=auth(server.globex), json={"query": "x"})
     assert r.status_code in (400, 404)
@@ -215,8 +243,9 @@ def test_over_capacity_is_429_with_retry_after(server):
     engine.max_inflight = 1
     try:
         fut = engine.run_job(gate.wait)  # occupies the only slot
-        r = server.client.post("/v1/chat/completions", headers=auth(server.acme),
-                               json=VALID["/v1/chat/completions"])
+        r = server.client.post(
+            "/v1/chat/completions", headers=auth(server.acme), json=VALID["/v1/chat/completions"]
+        )
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["type"] == "rate_limit_error"
     finally:
@@ -235,21 +264,41 @@ def test_nebula_generate_chat_embed(server):
     c = server.client
     h = {"ApiKey": server.acme}
     conv = "Customer: Hi, my internet is down since this morning.\nAgent: Sorry to hear that, let me check."
-    r = c.post("/v1/model/generate", headers=h, json={
-        "prompt": {"instruction": "Summarise the customer's problem.", "conversation": {"text": conv}},
-        "max_new_tokens": 6, "model": "alpha"})
+    r = c.post(
+        "/v1/model/generate",
+        headers=h,
+        json={
+            "prompt": {"instruction": "Summarise the customer's problem.", "conversation": {"text": conv}},
+            "max_new_tokens": 6,
+            "model": "alpha",
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and isinstance(body["output"]["text"], str) and body["model"] == "alpha"
     st = body["stats"]
     assert st["total_tokens"] == st["total_input_tokens"] + st["output_tokens"]
     assert st["conversation_tokens"] > 10 and st["instruction_tokens"] > 3
-    r = c.post("/v1/model/chat", headers=h, json={"system_prompt": "Be brief.", "max_new_tokens": 5,
-                                                   "messages": [{"role": "human", "text": "Hello?"}]})
+    r = c.post(
+        "/v1/model/chat",
+        headers=h,
+        json={
+            "system_prompt": "Be brief.",
+            "max_new_tokens": 5,
+            "messages": [{"role": "human", "text": "Hello?"}],
+        },
+    )
     msgs = r.json()["messages"]
     assert [m["role"] for m in msgs] == ["human", "assistant"]
-    with c.stream("POST", "/v1/model/chat/streaming", headers=h, json={
-            "system_prompt": "Be brief.", "max_new_tokens": 5,
-            "messages": [{"role": "human", "text": "Hello?"}]}) as s:
+    with c.stream(
+        "POST",
+        "/v1/model/chat/streaming",
+        headers=h,
+        json={
+            "system_prompt": "Be brief.",
+            "max_new_tokens": 5,
+            "messages": [{"role": "human", "text": "Hello?"}],
+        },
+    ) as s:
         events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     assert "".join(e["delta"] for e in events) == msgs[-1]["text"] and "stats" in events[-1]
     r = c.post("/v1/model/embed", headers=h, json={"text": "refund"})
@@ -260,15 +309,34 @@ def test_nebula_generate_chat_embed(server):
 
 
 def test_analyze_returns_every_core_task_analytics_and_redacts(server):
-    conv = {"messages": [
-        {"id": "m1", "speaker": "Agent", "text": "Thanks for calling, how can I help?", "start": 0.0,
-         "end": 2.5},
-        {"id": "m2", "speaker": "Customer", "text": "I was charged twice, my card is 4111 1111 1111 1111.",
-         "start": 3.0, "end": 8.0},
-        {"id": "m3", "speaker": "Agent", "text": "I will refund the duplicate charge today.", "start": 8.5,
-         "end": 11.0}]}
-    r = server.client.post("/v1/conversations/analyze", headers=auth(server.acme),
-                           json={"model": "alpha", "conversation": conv})
+    conv = {
+        "messages": [
+            {
+                "id": "m1",
+                "speaker": "Agent",
+                "text": "Thanks for calling, how can I help?",
+                "start": 0.0,
+                "end": 2.5,
+            },
+            {
+                "id": "m2",
+                "speaker": "Customer",
+                "text": "I was charged twice, my card is 4111 1111 1111 1111.",
+                "start": 3.0,
+                "end": 8.0,
+            },
+            {
+                "id": "m3",
+                "speaker": "Agent",
+                "text": "I will refund the duplicate charge today.",
+                "start": 8.5,
+                "end": 11.0,
+            },
+        ]
+    }
+    r = server.client.post(
+        "/v1/conversations/analyze", headers=auth(server.acme), json={"model": "alpha", "conversation": conv}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
@@ -285,12 +353,14 @@ def _run(engine, reqs):
     done = [threading.Event() for _ in reqs]
     texts = [[] for _ in reqs]
     for i, r in enumerate(reqs):
+
         def emit(ev, i=i):
             if ev.kind == "delta":
                 texts[i].append(ev.text)
             elif ev.kind in ("done", "error"):
                 texts[i].append(ev if ev.kind == "error" else "")
                 done[i].set()
+
         r.emit = emit
     engine.submit(reqs)
     for d in done:
@@ -304,13 +374,16 @@ def test_mixed_adapter_batch_is_byte_identical_to_solo_runs(server):
     from serve.engine import GenRequest, Sampling
 
     host, engine = server.ctx.host, server.ctx.engine
-    prompts = [host.renderer.encode_chat([{"role": "user", "content": t}]).input_ids
-               for t in ("Where is my refund?", "My internet has been down since Monday, please help me.")]
+    prompts = [
+        host.renderer.encode_chat([{"role": "user", "content": t}]).input_ids
+        for t in ("Where is my refund?", "My internet has been down since Monday, please help me.")
+    ]
     cases = [(m, p) for m in ("alpha", "beta", "tiny-base") for p in prompts]
 
     def req(model, prompt):
-        return GenRequest(prompt, host.resolve("acme", model), Sampling(max_tokens=16), None,
-                          time.monotonic() + 60, "acme")
+        return GenRequest(
+            prompt, host.resolve("acme", model), Sampling(max_tokens=16), None, time.monotonic() + 60, "acme"
+        )
 
     solo = [_run(engine, [req(m, p)])[0][0] for m, p in cases]
     assert len(set(solo)) >= 4  # the adapters really change the output
@@ -376,3 +449,63 @@ def test_schema_fuzzing_never_gets_a_server_error(server):
         checked.append(f"{op.method.upper()} {op.path}")
     declared = {f"{m.upper()} {p}" for p, ops in schema.raw_schema["paths"].items() for m in ops}
     assert sorted(checked) == sorted(declared) and len(checked) == 19  # every route fuzzed, not a few
+
+
+def test_collections_and_grounded_chat(server):
+    c = server.client
+    h = auth(server.acme)
+    assert c.post("/v1/collections", headers=h, json={"name": "policies"}).status_code == 201
+    docs = [
+        {
+            "id": "returns",
+            "text": "# Returns\nOpened items can be returned within 14 days.",
+            "metadata": {"channel": "doc"},
+        },
+        {"id": "roaming", "text": "# Roaming\nThe travel pass costs 10 EUR per day."},
+    ]
+    conv = {
+        "id": "call-7",
+        "turns": [
+            {
+                "id": "t1",
+                "speaker": "Customer",
+                "text": "My card 4111 1111 1111 1111 was charged twice for roaming.",
+            }
+        ],
+    }
+    r = c.post(
+        "/v1/collections/policies/documents", headers=h, json={"documents": docs, "conversations": [conv]}
+    )
+    assert r.status_code == 200 and r.json()["added"] == 3
+    r = c.post("/v1/collections/policies/documents", headers=h, json={"documents": docs})
+    assert r.json()["unchanged"] == 2 and r.json()["added"] == 0  # content hash: nothing re-embedded
+    hits = c.post(
+        "/v1/collections/policies/search", headers=h, json={"query": "return an opened item", "k": 1}
+    )
+    assert hits.json()["data"][0]["id"] == "returns#0"
+    found = c.post(
+        "/v1/collections/policies/search", headers=h, json={"query": "charged twice", "k": 3}
+    ).json()
+    assert all("4111" not in d["text"] for d in found["data"])  # conversations are redacted before indexing
+    assert "policies" in {d["name"] for d in c.get("/v1/collections", headers=h).json()["data"]}
+    assert "policies" not in {
+        d["name"] for d in c.get("/v1/collections", headers=auth(server.globex)).json()["data"]
+    }
+    body = {
+        "model": "tiny-base",
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": "Return window?"}],
+    }
+    plain = c.post("/v1/chat/completions", headers=h, json=body).json()
+    grounded = c.post(
+        "/v1/chat/completions", headers=h, json={**body, "retrieval": {"collection": "policies", "k": 2}}
+    ).json()
+    assert grounded["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 15
+    r = c.post(
+        "/v1/model/generate",
+        headers={"ApiKey": server.acme},
+        json={"prompt": "Return window?", "max_new_tokens": 2, "retrieval": {"collection": "policies"}},
+    )
+    assert r.status_code == 200 and r.json()["stats"]["total_input_tokens"] > plain["usage"]["prompt_tokens"]
+    assert c.delete("/v1/collections/policies", headers=h).json()["deleted"] is True
+    assert c.post("/v1/collections/policies/search", headers=h, json={"query": "x"}).status_code == 404
