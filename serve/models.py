@@ -131,8 +131,9 @@ class ModelHost:
 
         assert ref.path is not None
         trained_on = json.loads((ref.path / "config.json").read_text()).get("model", {}).get("name", "")
+        loaded_from = getattr(self.base_model, "name_or_path", "") or self.base_name
         try:
-            same = Path(resolve_model(trained_on)).resolve() == Path(resolve_model(self.base_name)).resolve()
+            same = Path(resolve_model(trained_on)).resolve() == Path(resolve_model(loaded_from)).resolve()
         except Exception:  # an unknown/unavailable base: cannot be this one
             same = False
         if not same:

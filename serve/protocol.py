@@ -98,9 +98,10 @@ class NebulaPrompt(BaseModel):
     conversation: NebulaConversation | None = None
 
 
-class NebulaGenerateRequest(_Request):
+class _NebulaSampling(_Request):
+    """Decoding fields Nebula's generate and chat share (its documented limits)."""
+
     model: str | None = Field(None, max_length=200)
-    prompt: str | NebulaPrompt
     max_new_tokens: int = Field(128, ge=1)
     stop_sequences: list[str] = Field(default_factory=list, max_length=5)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
@@ -108,6 +109,10 @@ class NebulaGenerateRequest(_Request):
     top_k: int = Field(1, ge=1)
     repetition_penalty: float = Field(1.0, gt=0.0)
     retrieval: RetrievalSpec | None = None
+
+
+class NebulaGenerateRequest(_NebulaSampling):
+    prompt: str | NebulaPrompt
 
 
 class NebulaMessage(BaseModel):
@@ -116,17 +121,9 @@ class NebulaMessage(BaseModel):
     text: str
 
 
-class NebulaChatRequest(_Request):
-    model: str | None = Field(None, max_length=200)
+class NebulaChatRequest(_NebulaSampling):
     system_prompt: str | None = None
     messages: list[NebulaMessage] = Field(min_length=1)
-    max_new_tokens: int = Field(128, ge=1)
-    stop_sequences: list[str] = Field(default_factory=list, max_length=5)
-    temperature: float = Field(0.0, ge=0.0, le=1.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(1, ge=1)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    retrieval: RetrievalSpec | None = None
 
 
 class NebulaEmbedRequest(_Request):

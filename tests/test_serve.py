@@ -509,3 +509,24 @@ def test_collections_and_grounded_chat(server):
     assert r.status_code == 200 and r.json()["stats"]["total_input_tokens"] > plain["usage"]["prompt_tokens"]
     assert c.delete("/v1/collections/policies", headers=h).json()["deleted"] is True
     assert c.post("/v1/collections/policies/search", headers=h, json={"query": "x"}).status_code == 404
+
+
+def test_adapter_of_another_base_model_is_refused(server, runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "other-base"
+    shutil.copytree(runs["alpha"], run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["name"] = "smollm2-135m-instruct"  # trained on the real model, served on the tiny one
+    (run / "config.json").write_text(json.dumps(cfg))
+    server.ctx.models.add("acme", "other-base", run)
+    r = server.client.post(
+        "/v1/chat/completions",
+        headers=auth(server.acme),
+        json={"model": "other-base", "messages": HELLO, "max_tokens": 2},
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "base_model_mismatch"
+    ok = server.client.post(
+        "/v1/chat/completions", headers=auth(server.acme), json=VALID["/v1/chat/completions"]
+    )
+    assert ok.status_code == 200  # the engine keeps serving

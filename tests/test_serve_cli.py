@@ -50,3 +50,47 @@ def test_readme_serving_examples_run_verbatim(tiny_model_dir, tmp_path, monkeypa
     assert "'support-v1'" in res.stdout and "2 embeddings of 384 dimensions" in res.stdout
     assert _port_free(port)  # the server was stopped
     assert not os.environ.get("CONVTUNE_API_KEY")
+
+
+def test_settings_precedence_and_errors(tmp_path):
+    from convtune.errors import ConfigError
+    from serve.settings import load_settings
+
+    env = {
+        "CONVTUNE_HOME": str(tmp_path),
+        "CONVTUNE_SERVE_MAX_BATCH_SIZE": "4",
+        "CONVTUNE_SERVE_PORT": "9000",
+    }
+    s = load_settings({"port": 9100}, env=env)
+    assert (s.home, s.max_batch_size, s.port, s.max_concurrent_requests) == (tmp_path, 4, 9100, 128)
+    with pytest.raises(ConfigError) as e:
+        load_settings({"port": 0, "max_batch_size": 0}, env=env)
+    assert "port" in str(e.value) and "max_batch_size" in str(e.value)  # every problem at once
+    with pytest.raises(ConfigError, match="unknown server setting"):
+        load_settings({"prot": 1}, env=env)
+    with pytest.raises(ConfigError, match="default_max_tokens"):
+        load_settings({"max_tokens_limit": 10}, env=env)
+
+
+def test_keys_and_models_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from convtune.cli import main
+    from convtune.tenancy import KeyStore
+
+    monkeypatch.setenv("CONVTUNE_HOME", str(tmp_path / "home"))
+    assert main(["keys", "create", "--tenant", "acme"]) == 0
+    key = capsys.readouterr().out.strip()
+    store = KeyStore(tmp_path / "home" / "server.sqlite")
+    assert key.startswith("ct-") and store.tenant_of(key) == "acme" and store.tenant_of(key + "x") is None
+    assert key not in (tmp_path / "home" / "server.sqlite").read_bytes().decode("latin-1")  # only the hash
+    assert main(["keys", "list"]) == 0 and key[:10] in capsys.readouterr().out
+    assert main(["keys", "revoke", key[:10]]) == 0 and store.tenant_of(key) is None
+    assert main(["keys", "create", "--tenant", "../etc"]) == 2
+    run = make_run(tiny_model_dir, tmp_path / "run", seed=4)
+    capsys.readouterr()
+    assert main(["models", "add", str(run), "--tenant", "acme", "--name", "support-v1"]) == 0
+    assert main(["models", "add", str(run), "--tenant", "acme", "--name", "support-v1"]) == 2  # exists
+    assert "already has a model" in capsys.readouterr().err
+    assert main(["models", "add", str(tmp_path), "--tenant", "acme", "--name", "x"]) == 2  # not a run
+    assert main(["models", "list", "--tenant", "acme"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "support-v1"
+    assert main(["models", "remove", "--tenant", "acme", "--name", "support-v1"]) == 0

@@ -84,11 +84,26 @@ def _stats(base: dict, prompt_tokens: int, output_tokens: int) -> dict[str, int]
     }
 
 
+async def _prepared(request: Request, body: Any, build: Any) -> tuple[Any, Any, list[int], dict]:
+    """Limits first, then the prompt (``build``), then the context-window check."""
+    sampling = _sampling(request, body)
+    ref, ids, stats = await build(request, body)
+    check_context(ctx_of(request), ids, sampling, ctx_of(request).host.context_window)
+    return sampling, ref, ids, stats
+
+
+async def _streaming(request: Request, body: Any, build: Any) -> StreamingResponse:
+    sampling, ref, ids, stats = await _prepared(request, body, build)
+    events = await stream(request, ids, ref, sampling)
+    return StreamingResponse(
+        _sse(events, lambda n: {"model": ref.id, "stats": _stats(stats, len(ids), n)}),
+        media_type="text/event-stream",
+    )
+
+
 @router.post("/v1/model/generate")
 async def generate(body: NebulaGenerateRequest, request: Request) -> dict[str, Any]:
-    sampling = _sampling(request, body)
-    ref, ids, stats = await _generate_prompt(request, body)
-    check_context(ctx_of(request), ids, sampling, ctx_of(request).host.context_window)
+    sampling, ref, ids, stats = await _prepared(request, body, _generate_prompt)
     (r,) = await complete(request, ids, ref, sampling)
     return {
         "model": ref.id,
@@ -99,14 +114,7 @@ async def generate(body: NebulaGenerateRequest, request: Request) -> dict[str, A
 
 @router.post("/v1/model/generate/streaming", response_model=None)
 async def generate_streaming(body: NebulaGenerateRequest, request: Request) -> StreamingResponse:
-    sampling = _sampling(request, body)
-    ref, ids, stats = await _generate_prompt(request, body)
-    check_context(ctx_of(request), ids, sampling, ctx_of(request).host.context_window)
-    events = await stream(request, ids, ref, sampling)
-    return StreamingResponse(
-        _sse(events, lambda n: {"model": ref.id, "stats": _stats(stats, len(ids), n)}),
-        media_type="text/event-stream",
-    )
+    return await _streaming(request, body, _generate_prompt)
 
 
 def _chat_messages(body: NebulaChatRequest) -> list[dict[str, str]]:
@@ -117,7 +125,7 @@ def _chat_messages(body: NebulaChatRequest) -> list[dict[str, str]]:
     return msgs
 
 
-async def _chat_prompt(request: Request, body: NebulaChatRequest) -> tuple[Any, list[int], list[dict]]:
+async def _chat_prompt(request: Request, body: NebulaChatRequest) -> tuple[Any, list[int], dict]:
     ctx = ctx_of(request)
     if len(body.messages) > ctx.settings.max_messages:
         raise APIError(
@@ -130,29 +138,20 @@ async def _chat_prompt(request: Request, body: NebulaChatRequest) -> tuple[Any, 
         ids = ctx.host.renderer.encode_chat(msgs, context).input_ids
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from None
-    return ref, ids, msgs
+    return ref, ids, {}
 
 
 @router.post("/v1/model/chat")
 async def chat(body: NebulaChatRequest, request: Request) -> dict[str, Any]:
-    sampling = _sampling(request, body)
-    ref, ids, _ = await _chat_prompt(request, body)
-    check_context(ctx_of(request), ids, sampling, ctx_of(request).host.context_window)
+    sampling, ref, ids, stats = await _prepared(request, body, _chat_prompt)
     (r,) = await complete(request, ids, ref, sampling)
     messages = [m.model_dump() for m in body.messages] + [{"role": "assistant", "text": r.text}]
-    return {"model": ref.id, "messages": messages, "stats": _stats({}, len(ids), r.completion_tokens)}
+    return {"model": ref.id, "messages": messages, "stats": _stats(stats, len(ids), r.completion_tokens)}
 
 
 @router.post("/v1/model/chat/streaming", response_model=None)
 async def chat_streaming(body: NebulaChatRequest, request: Request) -> StreamingResponse:
-    sampling = _sampling(request, body)
-    ref, ids, _ = await _chat_prompt(request, body)
-    check_context(ctx_of(request), ids, sampling, ctx_of(request).host.context_window)
-    events = await stream(request, ids, ref, sampling)
-    return StreamingResponse(
-        _sse(events, lambda n: {"model": ref.id, "stats": _stats({}, len(ids), n)}),
-        media_type="text/event-stream",
-    )
+    return await _streaming(request, body, _chat_prompt)
 
 
 async def _sse(events: AsyncIterator[Any], final: Any) -> AsyncIterator[str]:
