@@ -94,3 +94,24 @@ def test_keys_and_models_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
     assert main(["models", "list", "--tenant", "acme"]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == "support-v1"
     assert main(["models", "remove", "--tenant", "acme", "--name", "support-v1"]) == 0
+
+
+def test_evidence_points_at_the_turns_an_output_rests_on():
+    from convtune.attribution import evidence, split_sentences
+    from convtune.conversation import Conversation
+    from convtune.ingest.transcript import conversation_from_text
+
+    conv = conversation_from_text(
+        "Agent: Thanks for calling Kestrel Mobile.\n"
+        "Customer: My eSIM cannot make calls since yesterday.\n"
+        "Agent: I will reset the eSIM profile and text you a confirmation code."
+    )
+    assert isinstance(conv, Conversation) and [t.id for t in conv.turns] == ["t1", "t2", "t3"]
+    assert evidence("Agent will reset the eSIM profile", conv) == ["t2", "t3"]
+    assert evidence("Agent will reset the eSIM profile", conv, limit=1) == ["t3"]
+    assert evidence("weather on Mars", conv) == []  # nothing shared: no guess
+    assert split_sentences("Calls fail. The agent resets the eSIM! Done?") == [
+        "Calls fail.",
+        "The agent resets the eSIM!",
+        "Done?",
+    ]
