@@ -119,6 +119,6 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--max-concurrent-requests", type=int, help="in flight before 429 (default 128)")
     p.add_argument("--max-batch-size", type=int, help="sequences decoded together (default 16)")
     p.add_argument("--max-loaded-adapters", type=int, help="LoRA adapters kept in memory (default 8)")
-    p.add_argument("--request-timeout-s", type=float, help="per-request deadline (default 120)")
+    p.add_argument("--request-timeout-s", type=float, help="per-request deadline (default 300)")
     p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
     p.set_defaults(func=cmd_serve)

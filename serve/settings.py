@@ -39,7 +39,7 @@ class ServerSettings(BaseModel):
     max_batch_size: int = Field(16, ge=1, le=256, description="sequences decoded together")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="wait for more requests before a batch")
     max_loaded_adapters: int = Field(8, ge=1, description="LoRA adapters kept in memory (LRU)")
-    request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline")
+    request_timeout_s: float = Field(300.0, gt=0, description="per-request deadline (queue + generation)")
     drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, wait this long for requests")
     # request limits
     max_body_bytes: int = Field(2_000_000, ge=1024)
