@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoding_only:  # refresh the encoding numbers of an earlier full run
         import json
 
-        previous = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "embeddings_index"}
-        return write_result(args.out, {**previous, "encoding": enc, "encoding_machine": machine(args.threads)})
+        old = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "embeddings_index"}
+        return write_result(args.out, {**old, "encoding": enc, "encoding_machine": machine(args.threads)})
     from embeddings.index import HNSW_EF_SEARCH
 
     rows = []
