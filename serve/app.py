@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from convtune.tenancy import KeyStore, ModelStore
 from serve.engine import Engine
@@ -117,6 +117,7 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
         app.state.ctx = context  # routes can be called before the lifespan runs (schema tools)
     install_error_handlers(app)
     app.add_middleware(_Gate)
+    app.add_middleware(_BodyLimit)  # outermost: counts bytes however the body is sent
 
     from serve.routes import analyze, health, nebula, openai_api, retrieval
 
@@ -128,6 +129,40 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory``: settings from ``CONVTUNE_SERVE_*`` / ``CONVTUNE_HOME``."""
     return create_app(load_settings())
+
+
+class _BodyLimit:
+    """Refuse bodies over ``max_body_bytes`` also when sent chunked (no Content-Length).
+
+    The body is read here (it is at most the limit) and replayed to the app; past the
+    limit the request is answered 413 before any route sees it.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        ctx = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" and "app" in scope else None
+        if ctx is None:
+            return await self.app(scope, receive, send)
+        limit = ctx.settings.max_body_bytes
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                err = APIError(413, f"request body over {limit} bytes", code="payload_too_large")
+                return await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
 
 class _Gate(BaseHTTPMiddleware):

@@ -530,3 +530,21 @@ def test_adapter_of_another_base_model_is_refused(server, runs, tmp_path):
         "/v1/chat/completions", headers=auth(server.acme), json=VALID["/v1/chat/completions"]
     )
     assert ok.status_code == 200  # the engine keeps serving
+
+
+def test_oversized_bodies_are_413_with_or_without_content_length(server):
+    limit = server.ctx.settings.max_body_bytes
+    big = json.dumps({"model": "all-minilm-l6-v2", "input": "x" * (limit + 10)}).encode()
+    r = server.client.post(
+        "/v1/embeddings", headers={**auth(server.acme), "content-type": "application/json"}, content=big
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+    def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    r = server.client.post(
+        "/v1/embeddings", headers={**auth(server.acme), "content-type": "application/json"}, content=chunks()
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
