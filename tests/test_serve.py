@@ -548,3 +548,31 @@ def test_oversized_bodies_are_413_with_or_without_content_length(server):
         "/v1/embeddings", headers={**auth(server.acme), "content-type": "application/json"}, content=chunks()
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_closing_a_stream_cancels_its_generation(server, monkeypatch):
+    import time
+
+    engine = server.ctx.engine
+    slow = engine._advance
+
+    def advance(*args):  # 50 ms per token: 64 tokens would take 3.2 s
+        time.sleep(0.05)
+        return slow(*args)
+
+    monkeypatch.setattr(engine, "_advance", advance)
+    body = {
+        "model": "tiny-base",
+        "messages": HELLO,
+        "max_tokens": 64,
+        "stream": True,
+        "temperature": 1.0,
+        "seed": 3,
+    }
+    with server.client.stream("POST", "/v1/chat/completions", headers=auth(server.acme), json=body) as s:
+        first = next(s.iter_lines())  # the role chunk: generation is running
+        assert first.startswith("data: ")
+    t0 = time.perf_counter()
+    while engine.inflight and time.perf_counter() - t0 < 3:
+        time.sleep(0.02)
+    assert engine.inflight == 0 and time.perf_counter() - t0 < 1.5  # cancelled, not run to the end
