@@ -414,7 +414,7 @@ def test_adapter_changed_and_base_weights_unchanged(trained, tiny_model_dir):
 def test_load_run_rebuilds_the_prompt_pipeline_and_outputs_parse(trained):
     import torch
 
-    _, (model, tokenizer, renderer, names), rows, _ = trained
+    _, (model, tokenizer, renderer, names, _), rows, _ = trained
     assert names == ["mood", "topic"] and not model.training
     tasks = {t.name: t for t in fake_tasks()}
     conv = _convs(rows)[0]
