@@ -108,30 +108,43 @@ def perplexity(model, tok, texts: list[str]) -> float:
     return round(float(np.exp(nll / count)), 3)
 
 
+def with_adapter(model, adapter: Path | None):
+    """The model as the server runs it: with the run's LoRA adapter (unmerged) when given."""
+    if adapter is None:
+        return model
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(model, adapter / "adapter").eval()
+
+
 def in_process(args, prompts: list[list[int]]) -> dict:
     from convtune.models import load_model
     from serve.fast import quantize_for_cpu
 
     model, tok = load_model(args.model, device="cpu")
-    base, base_texts = sequential(model, tok, prompts, args.max_tokens)
-    print(
-        f"baseline (sequential generate): {base['tokens_per_s']} tokens/s, p50 {base['p50_s']} s", flush=True
-    )
+    served = with_adapter(model, args.adapter)
+    base, base_texts = sequential(served, tok, prompts, args.max_tokens)
+    print(f"baseline (sequential generate): {base['tokens_per_s']} tokens/s, p50 {base['p50_s']} s",
+          flush=True)
     transcripts = ["\n".join(f"{t.speaker}: {t.text}" for t in c.turns) for c in sample_conversations(12)]
-    ppl_fp32 = perplexity(model, tok, transcripts)
+    ppl_fp32 = perplexity(served, tok, transcripts)
     single = prompts[: max(4, len(prompts) // 4)]
-    fp32, _ = sequential(model, tok, single, args.max_tokens)
-    model = quantize_for_cpu(model)
-    int8, int8_texts = sequential(model, tok, single, args.max_tokens)
+    fp32, _ = sequential(served, tok, single, args.max_tokens)
+    model, _ = load_model(args.model, device="cpu")
+    fast_model = with_adapter(quantize_for_cpu(model), args.adapter)
+    int8, int8_texts = sequential(fast_model, tok, single, args.max_tokens)
     fast = {
         "fp32_tokens_per_s": fp32["tokens_per_s"],
         "int8_tokens_per_s": int8["tokens_per_s"],
         "speedup": round(int8["tokens_per_s"] / fp32["tokens_per_s"], 2),
-        "greedy_outputs_identical": round(
-            float(np.mean([a == b for a, b in zip(base_texts, int8_texts)])), 3
-        ),
+        "greedy_outputs_identical": round(float(np.mean([a == b for a, b in zip(base_texts, int8_texts)])),
+                                          3),
         "perplexity_fp32": ppl_fp32,
-        "perplexity_int8": perplexity(model, tok, transcripts),
+        "perplexity_int8": perplexity(fast_model, tok, transcripts),
         "prompts": len(single),
     }
     print(
