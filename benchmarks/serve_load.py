@@ -170,7 +170,7 @@ class ServerProcess:
         from convtune.tenancy import KeyStore, ModelStore
 
         self.key = KeyStore(home / "server.sqlite").create("bench")
-        self.model_id = args.model
+        self.model_id = args.served_name
         if args.adapter:
             ModelStore(home).add("bench", "bench-adapter", args.adapter)
             self.model_id = "bench-adapter"
@@ -185,7 +185,7 @@ class ServerProcess:
                 "--port",
                 str(self.port),
                 "--base-model",
-                args.model,
+                args.served_name,
                 "--max-batch-size",
                 str(args.max_batch_size),
                 "--max-tokens-limit",
@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     from convtune.renderer import Renderer
 
     torch.set_num_threads(args.threads)
+    args.served_name = args.model  # the server resolves the name in its own home
     args.model = str(resolve_model(args.model))
     messages = chat_prompts(args.requests)
     _, tok = load_model(args.model, device="cpu")

@@ -126,14 +126,18 @@ class ModelHost:
         return self.loaded[key]
 
     def _check_base(self, ref: ModelRef) -> None:
-        """An adapter only fits the base model it was trained on."""
+        """An adapter only fits the base model it was trained on (same name, same folder, or
+        the same weights converted twice: equal config and weight file sizes)."""
         from convtune.models import resolve_model
 
         assert ref.path is not None
         trained_on = json.loads((ref.path / "config.json").read_text()).get("model", {}).get("name", "")
         loaded_from = getattr(self.base_model, "name_or_path", "") or self.base_name
+        if trained_on in (self.base_name, loaded_from):
+            return
         try:
-            same = Path(resolve_model(trained_on)).resolve() == Path(resolve_model(loaded_from)).resolve()
+            a, b = Path(resolve_model(trained_on)).resolve(), Path(resolve_model(loaded_from)).resolve()
+            same = a == b or _fingerprint(a) == _fingerprint(b)
         except Exception:  # an unknown/unavailable base: cannot be this one
             same = False
         if not same:
@@ -208,3 +212,8 @@ class ModelHost:
             max_transcript_tokens=r["max_transcript_tokens"],
             max_context_tokens=r["max_context_tokens"],
         )
+
+
+def _fingerprint(folder: Path) -> tuple[bytes, tuple[int, ...]]:
+    weights = sorted(folder.glob("*.safetensors"))
+    return (folder / "config.json").read_bytes(), tuple(w.stat().st_size for w in weights)
