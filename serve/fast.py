@@ -1,11 +1,14 @@
 """Faster CPU inference: int8 dynamic quantisation of the linear layers (``--fast-cpu``).
 
-Each ``nn.Linear`` of the base model (not the tied output head) keeps its float
-weight, so PEFT can still wrap it and load any tenant's LoRA adapter onto it,
-but runs through PyTorch's dynamic-quantised int8 kernel: weights int8 per
-output channel, activations quantised per batch on the fly. LoRA's own small
-matrices stay float. The speed and quality cost on this project's machine are measured
-by ``benchmarks/serve_load.py`` and quoted in the README.
+Each quantised ``nn.Linear`` keeps its float weight, so PEFT can still wrap it
+and load any tenant's LoRA adapter onto it, but runs through PyTorch's
+dynamic-quantised int8 kernel: weights int8 per output channel, activations
+quantised per batch on the fly. LoRA's own small matrices stay float, and so
+do the output head (tied to the embeddings) and the MLP output projections
+(``down_proj``): they carry the activation outliers of small Llama-style
+models, and quantising them too raised SmolLM2-135M's perplexity on the
+sample transcripts from 27 to 63-82 (31 without them). Speed and quality cost
+on this project's machine: ``benchmarks/serve_load.py``, quoted in the README.
 """
 
 from __future__ import annotations
@@ -34,15 +37,19 @@ class Int8Linear(torch.nn.Linear):
         return self._int8(x)
 
 
-def quantize_for_cpu(model: Any) -> Any:
-    """Swap every linear layer but the output head for :class:`Int8Linear`, in place."""
+KEEP_FLOAT = ("down_proj",)  # see the module docstring
+
+
+def quantize_for_cpu(model: Any, keep_float: tuple[str, ...] = KEEP_FLOAT) -> Any:
+    """Swap the linear layers (but the output head and ``keep_float`` names) for
+    :class:`Int8Linear`, in place."""
     import warnings
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     swaps = []
     for module in model.modules():
         for child_name, child in module.named_children():
-            if type(child) is torch.nn.Linear and child is not head:
+            if type(child) is torch.nn.Linear and child is not head and child_name not in keep_float:
                 swaps.append((module, child_name, child))
     with warnings.catch_warnings():  # torch deprecates the quantized tensor API in favour of torchao
         warnings.simplefilter("ignore")

@@ -115,3 +115,31 @@ def test_evidence_points_at_the_turns_an_output_rests_on():
         "The agent resets the eSIM!",
         "Done?",
     ]
+
+
+def test_fast_cpu_mode_keeps_adapters_loadable(tiny_model_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from convtune.models import load_model
+    from serve.fast import Int8Linear, quantize_for_cpu
+
+    run = make_run(tiny_model_dir, tmp_path / "run", seed=5)
+    ref, _ = load_model(str(tiny_model_dir), device="cpu")
+    model, _ = load_model(str(tiny_model_dir), device="cpu")
+    quantize_for_cpu(model)
+    kinds = {n.rsplit(".", 1)[-1]: type(m).__name__ for n, m in model.named_modules() if n.endswith("proj")}
+    assert kinds["q_proj"] == "Int8Linear" and kinds["down_proj"] == "Linear"  # outlier layer stays float
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        fast = model.model(ids).last_hidden_state
+        exact = ref.model(ids).last_hidden_state
+    peft = PeftModel.from_pretrained(model, run / "adapter", adapter_name="a0").eval()  # wraps in place
+    with torch.no_grad():
+        with peft.disable_adapter():
+            base = peft(ids).logits
+        tuned = peft(ids, adapter_names=["a0"]).logits
+    assert torch.corrcoef(torch.stack([fast.flatten(), exact.flatten()]))[0, 1] > 0.99  # close, not equal
+    assert not torch.allclose(base, tuned)  # the LoRA adapter applies on top of int8 layers
+    assert any(isinstance(m, Int8Linear) for m in peft.modules())
