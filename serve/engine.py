@@ -240,10 +240,36 @@ class Engine:
 
     # ---- batched decoding -------------------------------------------------------------------------
 
+    def _loadable(self, batch: list[GenRequest]) -> list[GenRequest]:
+        """Load each distinct adapter on its own, so one tenant's broken or mismatched
+        adapter fails only the requests that named it, not the rest of the batch."""
+        bad: dict[str | None, APIError] = {}
+        for key in dict.fromkeys(r.model.adapter_key for r in batch if r.model.adapter_key is not None):
+            ref = next(r.model for r in batch if r.model.adapter_key == key)
+            try:
+                self.host.ensure([ref])
+            except APIError as exc:
+                bad[key] = exc
+            except Exception as exc:  # unreadable files, PEFT errors
+                log.exception("adapter %s failed to load", key)
+                bad[key] = APIError(
+                    500,
+                    f"model {ref.id!r} could not be loaded",
+                    type="server_error",
+                    code="model_load_failed",
+                )
+        for r in batch:
+            if r.model.adapter_key in bad:
+                self._fail(r, bad[r.model.adapter_key])
+        return [r for r in batch if r.model.adapter_key not in bad]
+
     def _run_batch(self, batch: list[GenRequest]) -> None:
         import torch
 
         host = self.host
+        batch = self._loadable(batch)
+        if not batch:
+            return
         aliases = host.ensure([r.model for r in batch])
         names = [aliases[r.model.adapter_key] for r in batch]
         model = host.model

@@ -531,6 +531,31 @@ def test_adapter_of_another_base_model_is_refused(server, runs, tmp_path):
     )
     assert ok.status_code == 200  # the engine keeps serving
 
+    # in one batch with a good request, the mismatched adapter fails only its own request
+    import time
+
+    from serve.engine import GenRequest, Sampling
+
+    host, engine = server.ctx.host, server.ctx.engine
+    prompt = host.renderer.encode_chat(HELLO).input_ids
+    reqs = [
+        GenRequest(
+            prompt, host.resolve("acme", m), Sampling(max_tokens=4), None, time.monotonic() + 60, "acme"
+        )
+        for m in ("other-base", "alpha")
+    ]
+    gate = threading.Event()
+    fut = engine.run_job(gate.wait)
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(_run(engine, reqs)[1]))
+    waiter.start()
+    time.sleep(0.2)
+    gate.set()
+    waiter.join(30)
+    fut.result(10)
+    bad, good = results[0]
+    assert bad[0].error.code == "base_model_mismatch" and all(isinstance(e, str) for e in good)
+
 
 def test_oversized_bodies_are_413_with_or_without_content_length(server):
     limit = server.ctx.settings.max_body_bytes
