@@ -250,7 +250,7 @@ class Engine:
                 self.host.ensure([ref])
             except APIError as exc:
                 bad[key] = exc
-            except Exception as exc:  # unreadable files, PEFT errors
+            except Exception:  # unreadable files, PEFT errors
                 log.exception("adapter %s failed to load", key)
                 bad[key] = APIError(
                     500,
