@@ -237,14 +237,27 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(labels)
     embed = Embedder()
     results: dict = {"sizes": {}}
+
+    def save(complete: bool = False) -> int:
+        """Write what is measured so far: a run stopped midway (hours on a CPU) loses nothing."""
+        payload = {
+            "benchmark": "banking77", "model": args.model, "intents": len(labels),
+            "test_sample_size": len(test_lm), "test_full_size": len(test_all), "complete": complete,
+            "settings": {k: v for k, v in vars(args).items() if k not in ("data_dir", "out")},
+            "machine": machine(args.threads),
+            **results,
+        }
+        return write_result(args.out, payload)
     if not args.skip_lm and not args.no_base:
         print("evaluating the base model (constrained to the 77 labels) ...", flush=True)
         results["base_model"] = evaluate_lm(args.model, test_lm, task, args.threads)
         print(f"  base accuracy {results['base_model']['accuracy']:.3f}", flush=True)
+        save()
     for k in args.per_intent:
         rows = stratified(train_all, k, seed=0)
         entry: dict = {"train_examples": len(rows), "tfidf_logreg": tfidf_lr(rows, tests)}
         entry.update(embedding_baselines(embed, rows, tests))
+        results["sizes"][str(k)] = entry
         print(f"{k}/intent: tfidf+LR {entry['tfidf_logreg']['test_sample']:.3f}, "
               f"MiniLM 1-NN {entry['minilm_nearest_neighbour']['test_sample']:.3f}, "
               f"MiniLM+LR {entry['minilm_logreg']['test_sample']:.3f} (test sample)", flush=True)
@@ -255,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["base_few_shot"] = evaluate_lm(args.model, test_lm, task, args.threads, ctx)
                 print(f"  base + {args.few_shot} retrieved examples {entry['base_few_shot']['accuracy']:.3f}",
                       flush=True)
+                save()
             with tempfile.TemporaryDirectory(prefix="convtune-b77-") as tmp:
                 t0 = time.perf_counter()
                 run_dir, metrics = train_convtune(args, rows, task, Path(tmp))
@@ -262,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                 tuned.update(train_stats(metrics, time.perf_counter() - t0 - tuned["seconds"]))
                 entry["convtune_tuned"] = tuned
                 print(f"  convtune tuned accuracy {tuned['accuracy']:.3f}", flush=True)
+                save()
                 if ctx is not None:
                     entry["tuned_few_shot"] = evaluate_lm(run_dir, test_lm, task, args.threads, ctx)
                     print(f"  tuned + {args.few_shot} retrieved examples "
                           f"{entry['tuned_few_shot']['accuracy']:.3f}", flush=True)
+                    save()
                     # trained on prompts that carry retrieved examples; evaluation retrieves from
                     # the run's own example index (the same training rows), as serving would
                     t0 = time.perf_counter()
@@ -275,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
                     entry["tuned_with_few_shot_training"] = rag
                     print(f"  tuned with {args.few_shot} retrieved examples in training and evaluation "
                           f"{rag['accuracy']:.3f}", flush=True)
-        results["sizes"][str(k)] = entry
 
     header = (f"{'train / intent':<16}{'TF-IDF+LR':>11}{'MiniLM 1-NN':>13}{'MiniLM+LR':>11}"
               f"{'base LM':>9}{'tuned LM':>10}{'base+RAG':>10}{'tuned+RAG':>11}{'RAG-tuned':>11}")
@@ -290,14 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         widths = [11, 13, 11, 9, 10, 10, 11, 11]
         print(f"{k:<16}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths)))
 
-    payload = {
-        "benchmark": "banking77", "model": args.model, "intents": len(labels),
-        "test_sample_size": len(test_lm), "test_full_size": len(test_all),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("data_dir", "out")},
-        "machine": machine(args.threads),
-        **results,
-    }
-    return write_result(args.out, payload)
+    return save(complete=True)
 
 
 if __name__ == "__main__":
