@@ -342,6 +342,10 @@ def test_analyze_returns_every_core_task_analytics_and_redacts(server):
     assert set(body["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
     assert body["tasks"]["intent"]["valid"] and 0 < body["tasks"]["intent"]["confidence"] <= 1  # constrained
     assert body["redactions"] == {"CREDIT_CARD": 1} and "4111" not in json.dumps(body)
+    assert body["tasks"]["sentiment"]["output"] is None or body["tasks"]["sentiment"]["output"][
+        "message_ids"
+    ] == ["m2"]
+    assert body["analytics"]["customer_talk_share"] is not None  # roles guessed from the speaker names
     assert body["analytics"]["duration_seconds"] == 11.0 and body["usage"]["completion_tokens"] > 0
 
 

@@ -32,14 +32,14 @@ def _conversation(body: AnalyzeRequest) -> Any:
     from pydantic import ValidationError
 
     from convtune.conversation import Conversation
+    from convtune.ingest._common import guess_role
 
     turns = []
     for i, m in enumerate(body.conversation.messages):
         turn: dict[str, Any] = {"id": m.id or f"m{i + 1}", "speaker": m.speaker, "text": m.text}
         if m.start is not None or m.end is not None:
             turn.update(start=m.start, end=m.end)
-        if m.role:
-            turn["role"] = m.role
+        turn["role"] = m.role or guess_role(m.speaker).value  # "Customer", "Agent 2", "IVR" ...
         turns.append(turn)
     meta = {"channel": body.conversation.channel} if body.conversation.channel else {}
     try:
