@@ -169,12 +169,11 @@ def train_convtune(args, rows, task, workdir: Path, few_shot: int = 0) -> tuple[
 
 def few_shot(train_rows, test_rows, task, k: int, encoder) -> dict:
     """Reference material per test conversation: its ``k`` nearest training examples with labels."""
-    from embeddings.fewshot import few_shot_context, index_examples
-    from embeddings.index import Collection
+    from embeddings.fewshot import build_example_index, few_shot_context
 
     with tempfile.TemporaryDirectory(prefix="convtune-b77-fewshot-") as tmp:
-        coll = Collection(Path(tmp) / "examples", encoder)
-        index_examples(coll, conversations(train_rows, "b77-train"), task)
+        coll = build_example_index(Path(tmp) / "examples", conversations(train_rows, "b77-train"), task,
+                                   encoder=encoder)
         ctx = few_shot_context(coll, conversations(test_rows, "b77-test"), task, k)
         coll.close()
     return ctx

@@ -127,6 +127,16 @@ class Renderer:
 
     # ---- text -----------------------------------------------------------------
 
+    def settings(self) -> dict[str, Any]:
+        """What a run saves (tasks.json) so serving rebuilds the same renderer."""
+        return {"system_prompt": self.system_prompt, "max_transcript_tokens": self.max_transcript_tokens,
+                "max_context_tokens": self.max_context_tokens}
+
+    @classmethod
+    def from_settings(cls, tokenizer: Any, settings: dict[str, Any]) -> Renderer:
+        return cls(tokenizer, **{k: settings[k] for k in ("system_prompt", "max_transcript_tokens",
+                                                            "max_context_tokens")})
+
     def _n_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

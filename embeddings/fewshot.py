@@ -90,6 +90,24 @@ def few_shot_context(collection: Collection, conversations: Sequence[Conversatio
     return out
 
 
+def run_context(run_dir: str | Path, few_shot: dict[str, Any] | None, conversations: Sequence[Conversation],
+                tasks: Sequence[Any], *, encoder: Any = None) -> dict[str, list[ContextChunk]] | None:
+    """Few-shot context from a run trained with ``data.few_shot`` (``few_shot``: the run's
+    ``{"k", "tasks", "index"}`` record), as at training time; None when it has none."""
+    wanted = [t for t in tasks if few_shot and t.name in few_shot["tasks"]]
+    if not wanted:
+        return None
+    if encoder is None:
+        from embeddings.encoder import Encoder
+
+        encoder = Encoder()
+    coll = Collection(Path(run_dir) / few_shot["index"], encoder)
+    try:
+        return few_shot_context(coll, conversations, wanted, few_shot["k"])
+    finally:
+        coll.close()
+
+
 def build_example_index(folder: str | Path, conversations: Sequence[Conversation], tasks: Any, *,
                         encoder: Any = None, max_words: int = MAX_WORDS) -> Collection:
     """A collection of labelled examples at ``folder`` (default encoder: the packaged MiniLM)."""

@@ -146,6 +146,10 @@ class _BodyLimit:
         if ctx is None:
             return await self.app(scope, receive, send)
         limit = ctx.settings.max_body_bytes
+        too_large = APIError(413, f"request body over {limit} bytes", code="payload_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):  # declared: no need to read
+            return await JSONResponse(too_large.body(), status_code=413)(scope, receive, send)
         messages, seen = [], 0
         while True:
             message = await receive()
@@ -154,8 +158,7 @@ class _BodyLimit:
                 break
             seen += len(message.get("body", b""))
             if seen > limit:
-                err = APIError(413, f"request body over {limit} bytes", code="payload_too_large")
-                return await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+                return await JSONResponse(too_large.body(), status_code=413)(scope, receive, send)
             if not message.get("more_body", False):
                 break
 
@@ -166,7 +169,7 @@ class _BodyLimit:
 
 
 class _Gate(BaseHTTPMiddleware):
-    """Request id, body-size limit, API-key check (the tenant lands on ``request.state``), metrics."""
+    """Request id, API-key check (the tenant lands on ``request.state``), metrics."""
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         rid = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:16]}"
@@ -178,11 +181,6 @@ class _Gate(BaseHTTPMiddleware):
         try:
             if ctx is None:
                 raise APIError(503, "the server is starting", code="starting", headers={"Retry-After": "2"})
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > ctx.settings.max_body_bytes):
-                raise APIError(
-                    413, f"request body over {ctx.settings.max_body_bytes} bytes", code="payload_too_large"
-                )
             if route not in PUBLIC:
                 request.state.tenant = _authenticate(request, ctx)
             response = await call_next(request)

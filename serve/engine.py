@@ -109,6 +109,7 @@ class Engine:
         self.batch_wait = batch_wait_ms / 1000
         self.on_batch = on_batch
         self._gen_cls = Generator
+        self._gen: Any = None  # built once per model object (it inspects the model), not per batch
         self._cv = threading.Condition()
         self._pending: deque[GenRequest] = deque()
         self._jobs: deque[_Job] = deque()
@@ -273,7 +274,11 @@ class Engine:
         aliases = host.ensure([r.model for r in batch])
         names = [aliases[r.model.adapter_key] for r in batch]
         model = host.model
-        gen = self._gen_cls(model, host.tokenizer)
+        if (
+            self._gen is None or self._gen.model is not model
+        ):  # a PeftModel replaces the base on first adapter
+            self._gen = self._gen_cls(model, host.tokenizer)
+        gen = self._gen
         mixed = names if model is not host.base_model else None
         self.batches += 1
         self.max_rows_seen = max(self.max_rows_seen, len(batch))

@@ -165,13 +165,7 @@ class ModelHost:
             else:
                 self.model.load_adapter(ref.path / "adapter", adapter_name=alias)
         self.model.eval()
-        r = info["renderer"]
-        renderer = Renderer(
-            self.tokenizer,
-            system_prompt=r["system_prompt"],
-            max_transcript_tokens=r["max_transcript_tokens"],
-            max_context_tokens=r["max_context_tokens"],
-        )
+        renderer = Renderer.from_settings(self.tokenizer, info["renderer"])
         self.loaded[key] = LoadedAdapter(
             alias, renderer, [t["name"] for t in info["tasks"]], info.get("few_shot"), ref.path
         )
@@ -205,13 +199,8 @@ class ModelHost:
     def _peek(self, ref: ModelRef) -> Renderer:
         """A not-yet-loaded adapter's renderer, read from its run directory."""
         assert ref.path is not None
-        r = json.loads((ref.path / "tasks.json").read_text())["renderer"]
-        return Renderer(
-            self.tokenizer,
-            system_prompt=r["system_prompt"],
-            max_transcript_tokens=r["max_transcript_tokens"],
-            max_context_tokens=r["max_context_tokens"],
-        )
+        info = json.loads((ref.path / "tasks.json").read_text())
+        return Renderer.from_settings(self.tokenizer, info["renderer"])
 
 
 def _fingerprint(folder: Path) -> tuple[bytes, tuple[int, ...]]:

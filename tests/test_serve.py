@@ -86,11 +86,11 @@ def test_chat_n_seed_stop_and_json_mode(oai):
     assert len(sampled.choices) == 3 and [c.index for c in sampled.choices] == [0, 1, 2]
     assert [c.message.content for c in sampled.choices] == [c.message.content for c in again.choices]
     greedy = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16).choices[0]
-    if len(greedy.message.content) > 4:
-        stop = greedy.message.content[2:4]
-        cut = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16, stop=[stop])
-        assert cut.choices[0].message.content == greedy.message.content.split(stop)[0]
-        assert cut.choices[0].finish_reason == "stop"
+    assert len(greedy.message.content) > 4  # a random model never stops this early: the stop check runs
+    stop = greedy.message.content[2:4]
+    cut = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16, stop=[stop])
+    assert cut.choices[0].message.content == greedy.message.content.split(stop)[0]
+    assert cut.choices[0].finish_reason == "stop"
     js = oai.chat.completions.create(
         model="tiny-base", messages=HELLO, max_tokens=8, response_format={"type": "json_object"}
     )
@@ -278,27 +278,15 @@ def test_nebula_generate_chat_embed(server):
     st = body["stats"]
     assert st["total_tokens"] == st["total_input_tokens"] + st["output_tokens"]
     assert st["conversation_tokens"] > 10 and st["instruction_tokens"] > 3
-    r = c.post(
-        "/v1/model/chat",
-        headers=h,
-        json={
-            "system_prompt": "Be brief.",
-            "max_new_tokens": 5,
-            "messages": [{"role": "human", "text": "Hello?"}],
-        },
-    )
+    chat = {
+        "system_prompt": "Be brief.",
+        "max_new_tokens": 5,
+        "messages": [{"role": "human", "text": "Hello?"}],
+    }
+    r = c.post("/v1/model/chat", headers=h, json=chat)
     msgs = r.json()["messages"]
     assert [m["role"] for m in msgs] == ["human", "assistant"]
-    with c.stream(
-        "POST",
-        "/v1/model/chat/streaming",
-        headers=h,
-        json={
-            "system_prompt": "Be brief.",
-            "max_new_tokens": 5,
-            "messages": [{"role": "human", "text": "Hello?"}],
-        },
-    ) as s:
+    with c.stream("POST", "/v1/model/chat/streaming", headers=h, json=chat) as s:
         events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     assert "".join(e["delta"] for e in events) == msgs[-1]["text"] and "stats" in events[-1]
     r = c.post("/v1/model/embed", headers=h, json={"text": "refund"})
@@ -342,9 +330,8 @@ def test_analyze_returns_every_core_task_analytics_and_redacts(server):
     assert set(body["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
     assert body["tasks"]["intent"]["valid"] and 0 < body["tasks"]["intent"]["confidence"] <= 1  # constrained
     assert body["redactions"] == {"CREDIT_CARD": 1} and "4111" not in json.dumps(body)
-    assert body["tasks"]["sentiment"]["output"] is None or body["tasks"]["sentiment"]["output"][
-        "message_ids"
-    ] == ["m2"]
+    ids = body["tasks"]["intent"]["output"]["message_ids"]  # constrained: always a label
+    assert ids and set(ids) <= {"m1", "m2", "m3"}
     assert body["analytics"]["customer_talk_share"] is not None  # roles guessed from the speaker names
     assert body["analytics"]["duration_seconds"] == 11.0 and body["usage"]["completion_tokens"] > 0
 
@@ -605,3 +592,23 @@ def test_closing_a_stream_cancels_its_generation(server, monkeypatch):
     while engine.inflight and time.perf_counter() - t0 < 3:
         time.sleep(0.02)
     assert engine.inflight == 0 and time.perf_counter() - t0 < 1.5  # cancelled, not run to the end
+
+
+def test_analyze_outputs_point_at_their_turns():
+    from convtune.ingest.transcript import conversation_from_text
+    from serve.routes.analyze import _with_evidence
+    from tasks.registry import default_registry
+
+    reg = default_registry()
+    conv = conversation_from_text(
+        "Agent: Kestrel Mobile, how can I help?\n"
+        "Customer: My eSIM cannot make calls.\n"
+        "Agent: I will reset the eSIM profile today."
+    )
+    summary = _with_evidence(
+        reg.get("summary"), "Calls fail on the eSIM. Agent resets the profile.", conv, ["t2"]
+    )
+    assert [s["message_ids"] for s in summary] == [["t2", "t3"], ["t3"]]
+    sentiment = reg.get("sentiment").parse('{"overall": "negative", "start": "negative", "end": "neutral"}')
+    out = _with_evidence(reg.get("sentiment"), sentiment.value, conv, ["t2"])
+    assert out["overall"] == "negative" and out["message_ids"] == ["t2"]  # sentiment rests on the customer

@@ -46,18 +46,9 @@ class LoadedModel:
         """Retrieved examples from the run's example index, as at training time (None: no index)."""
         if not self.few_shot or self.run_dir is None:
             return None
-        from embeddings.encoder import Encoder
-        from embeddings.fewshot import few_shot_context
-        from embeddings.index import Collection
+        from embeddings.fewshot import run_context
 
-        wanted = [t for t in tasks if t.name in self.few_shot["tasks"]]
-        if not wanted:
-            return None
-        coll = Collection(self.run_dir / self.few_shot["index"], Encoder())
-        try:
-            return few_shot_context(coll, conversations, wanted, self.few_shot["k"])
-        finally:
-            coll.close()
+        return run_context(self.run_dir, self.few_shot, conversations, tasks)
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -46,11 +46,7 @@ def tasks_payload(tasks: list[Any], renderer: Any, cfg: TrainConfig,
         "weights": {t.name: cfg.tasks.weight(t.name) for t in tasks},
         "task_files": [str(f) for f in cfg.tasks.files],
         "intent_labels": cfg.tasks.intent_labels,
-        "renderer": {
-            "system_prompt": renderer.system_prompt,
-            "max_transcript_tokens": renderer.max_transcript_tokens,
-            "max_context_tokens": renderer.max_context_tokens,
-        },
+        "renderer": renderer.settings(),
         "max_seq_len": cfg.train.max_seq_len,
         # few-shot: K examples retrieved from RUN_DIR/examples into every prompt, for these tasks
         "few_shot": {"k": cfg.data.few_shot, "tasks": few_shot_tasks, "index": EXAMPLES}
@@ -196,10 +192,7 @@ def load_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
                                 category=FutureWarning)
         model = PeftModel.from_pretrained(base, run / "adapter").to(device)
     model.eval()
-    r = info["renderer"]
-    renderer = Renderer(tokenizer, system_prompt=r["system_prompt"],
-                        max_transcript_tokens=r["max_transcript_tokens"],
-                        max_context_tokens=r["max_context_tokens"])
+    renderer = Renderer.from_settings(tokenizer, info["renderer"])
     few_shot = info.get("few_shot")
     if few_shot and not (run / few_shot["index"]).is_dir():
         raise ConfigError(f"{run} was trained with few-shot examples but its example index "

@@ -73,7 +73,7 @@ def _with_evidence(task: Any, value: Any, conv: Any, customer: list[str]) -> Any
         return {**data, "message_ids": customer}
     return {
         "label": data,
-        "message_ids": evidence(str(data).replace("_", " "), conv, speakers=None) or customer[:1],
+        "message_ids": evidence(str(data).replace("_", " "), conv) or customer[:1],
     }
 
 
@@ -105,9 +105,10 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         context = None
         if ref.adapter_key is not None:
             host.ensure([ref])
+            from embeddings.fewshot import run_context
+
             few_shot = host.adapter(ref.adapter_key).few_shot
-            if few_shot:
-                context = _few_shot(ctx, ref.path, few_shot, conv, tasks)
+            context = run_context(ref.path, few_shot, [conv], tasks, encoder=ctx.get_encoder())
         with host.active(ref) as model, torch.inference_mode():
             return answer_tasks(
                 Generator(model, host.tokenizer),
@@ -160,17 +161,3 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 3),
         },
     }
-
-
-def _few_shot(ctx: Any, run_dir: Any, few_shot: dict[str, Any], conv: Any, tasks: list[Any]) -> Any:
-    from embeddings.fewshot import few_shot_context
-    from embeddings.index import Collection
-
-    wanted = [t for t in tasks if t.name in few_shot["tasks"]]
-    if not wanted:
-        return None
-    coll = Collection(run_dir / few_shot["index"], ctx.get_encoder())
-    try:
-        return few_shot_context(coll, [conv], wanted, few_shot["k"])
-    finally:
-        coll.close()

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from embeddings.grounding import last_user_message
 from serve.bridge import (
     Completion,
     check_context,
@@ -107,7 +108,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     host = ctx.host
     messages = _chat_messages(body)
     json_mode = body.response_format is not None and body.response_format.type != "text"
-    query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    query = last_user_message(messages)
     context = await retrieve(request, body.retrieval, query)
     try:
         prompt = host.renderer.encode_chat(messages, context, json_object=json_mode).input_ids
