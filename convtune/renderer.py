@@ -30,6 +30,7 @@ takes instructions and answers as plain strings.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ CHAT_CONTEXT_NOTE = (
 )
 
 JSON_MODE_NOTE = "Respond with a single JSON object and nothing else."
+JSON_SCHEMA_NOTE = "Respond with JSON only, matching this JSON schema: {schema}"
 
 CONTEXT_OPEN = "<reference_material>"
 CONTEXT_CLOSE = "</reference_material>"
@@ -285,7 +287,7 @@ class Renderer:
     # ---- free chat (generate / chat endpoints, chat-format fine-tuning) ---------
 
     def chat_messages(self, messages: Sequence[dict[str, str]], context: Sequence[ContextChunk] = (), *,
-                      json_object: bool = False) -> list[dict[str, str]]:
+                      json_schema: dict[str, Any] | None = None) -> list[dict[str, str]]:
         """A user's chat (``role``: system, user, assistant) with optional grounding.
 
         Reference material goes, delimited, in front of the LAST user message, and
@@ -302,7 +304,11 @@ class Renderer:
             raise ValueError("a chat must start with a user message (after any system message)")
         users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
         block = self.context_block(context)
-        notes = ([CHAT_CONTEXT_NOTE] if block else []) + ([JSON_MODE_NOTE] if json_object else [])
+        notes = [CHAT_CONTEXT_NOTE] if block else []
+        if json_schema == {"type": "object"}:
+            notes.append(JSON_MODE_NOTE)
+        elif json_schema is not None:
+            notes.append(JSON_SCHEMA_NOTE.format(schema=json.dumps(json_schema, ensure_ascii=False)))
         if block:
             if not users:
                 raise ValueError("reference material needs a user message to attach to")
@@ -317,13 +323,14 @@ class Renderer:
         return msgs
 
     def encode_chat(self, messages: Sequence[dict[str, str]], context: Sequence[ContextChunk] = (), *,
-                    add_generation_prompt: bool = True, json_object: bool = False) -> Encoded:
+                    add_generation_prompt: bool = True, json_schema: dict[str, Any] | None = None) -> Encoded:
         """Token ids of a chat: a prompt for the next assistant message, or (with
         ``add_generation_prompt=False``) a training example with loss on every assistant message.
-        ``json_object``: the system message asks for one JSON object (OpenAI's JSON mode)."""
+        ``json_schema``: the system message asks for JSON (``{"type": "object"}``: one object,
+        OpenAI's JSON mode; otherwise the schema is shown). Decoding enforces it (:mod:`convtune.guided`)."""
         if not messages:
             raise ValueError("a chat needs at least one message")
-        return self._encode_messages(self.chat_messages(messages, context, json_object=json_object),
+        return self._encode_messages(self.chat_messages(messages, context, json_schema=json_schema),
                                      add_generation_prompt=add_generation_prompt)
 
     def prompt(self, conv: Conversation, instruction: str, *, answered: Sequence[TaskTurn] = (),

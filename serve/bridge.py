@@ -50,6 +50,8 @@ def check_sampling(
     seed: int | None = None,
     top_k: int = 0,
     repetition_penalty: float = 1.0,
+    schema: dict[str, Any] | None = None,
+    schema_param: str = "response_format",
 ) -> Sampling:
     s = ctx.settings
     if max_tokens is not None and max_tokens > s.max_tokens_limit:
@@ -63,6 +65,13 @@ def check_sampling(
             raise invalid(stop_param, "stop sequences must not be empty")
         if len(item) > s.max_stop_chars:
             raise invalid(stop_param, f"stop sequences must be at most {s.max_stop_chars} characters")
+    if schema is not None:
+        from convtune.guided import SchemaError, check_schema
+
+        try:
+            check_schema(schema)
+        except SchemaError as exc:
+            raise invalid(schema_param, f"{schema_param}: unsupported JSON schema: {exc}") from None
     return Sampling(
         max_tokens=max_tokens or s.default_max_tokens,
         temperature=temperature,
@@ -71,6 +80,7 @@ def check_sampling(
         stop=tuple(stop),
         top_k=top_k,
         repetition_penalty=repetition_penalty,
+        schema=schema,
     )
 
 

@@ -8,7 +8,8 @@ Request path::
                         prefill together (left padding, one KV cache, PEFT mixed adapters)
                            v
                         decode step by step; each row samples with its own
-                        temperature/top_p/seed, stops on an end-of-turn token, a stop
+                        temperature/top_p/seed (among the tokens its JSON schema
+                        allows, if any), stops on an end-of-turn token, a stop
                         string, max_tokens, its deadline or a cancel (client gone)
                            v
                         events -> the request's callback (the route bridges them
@@ -51,6 +52,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     top_k: int = 0  # 0: off
     repetition_penalty: float = 1.0  # CTRL-style: >1 discourages tokens already generated
+    schema: dict[str, Any] | None = None  # JSON schema the output follows (grammar-guided)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class GenRequest:
     out: list[int] = field(default_factory=list)
     sent: int = 0  # characters of text already emitted
     done: bool = False
+    guide: Any = None  # convtune.guided.Guide while decoding a JSON-mode request
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -264,6 +267,32 @@ class Engine:
                 self._fail(r, bad[r.model.adapter_key])
         return [r for r in batch if r.model.adapter_key not in bad]
 
+    def generator(self, model: Any = None) -> Any:
+        """The Generator of ``model`` (default: the host's current model), built once per model
+        object (a PeftModel replaces the base on the first adapter). Engine thread only."""
+        model = self.host.model if model is None else model
+        if self._gen is None or self._gen.model is not model:
+            guides = self._gen.guides if self._gen is not None else None  # same tokenizer: reuse
+            self._gen = self._gen_cls(model, self.host.tokenizer, guides=guides)
+        return self._gen
+
+    def _guided(self, batch: list[GenRequest], gen: Any) -> list[GenRequest]:
+        """Give each JSON-mode request its grammar guide; a schema that fails to compile
+        fails only its own request (400)."""
+        from convtune.guided import SchemaError
+
+        ok = []
+        for r in batch:
+            r.guide = None
+            if r.sampling.schema is not None:
+                try:
+                    r.guide = gen.guides.guide(r.sampling.schema)
+                except SchemaError as exc:
+                    self._fail(r, APIError(400, f"unsupported JSON schema: {exc}", param="response_format"))
+                    continue
+            ok.append(r)
+        return ok
+
     def _run_batch(self, batch: list[GenRequest]) -> None:
         import torch
 
@@ -274,17 +303,17 @@ class Engine:
         aliases = host.ensure([r.model for r in batch])
         names = [aliases[r.model.adapter_key] for r in batch]
         model = host.model
-        if (
-            self._gen is None or self._gen.model is not model
-        ):  # a PeftModel replaces the base on first adapter
-            self._gen = self._gen_cls(model, host.tokenizer)
-        gen = self._gen
+        gen = self.generator(model)
+        batch = self._guided(batch, gen)
+        if not batch:
+            return
         mixed = names if model is not host.base_model else None
         self.batches += 1
         self.max_rows_seen = max(self.max_rows_seen, len(batch))
         if self.on_batch is not None:
             self.on_batch(len(batch))
         samplers = [_Sampler(r.sampling, torch) for r in batch]
+        guides = [r.guide for r in batch]
         with torch.inference_mode():
             rows = gen.rows(len(batch), reuse=False, adapter_names=mixed)
             logits = rows.prefill([r.prompt_ids for r in batch])
@@ -292,8 +321,13 @@ class Engine:
             cache, mask = rows.cache, rows.mask
             positions = [len(r.prompt_ids) for r in batch]
             while True:
+                for g, i in enumerate(group):
+                    if guides[i] is not None:
+                        guides[i].mask_(logits[g])
                 nxt = [samplers[i].pick(logits[g], batch[i].out) for g, i in enumerate(group)]
                 for g, i in enumerate(group):
+                    if guides[i] is not None and not batch[i].done:
+                        guides[i].advance(nxt[g])
                     self._advance(batch[i], nxt[g], gen.stop_ids, host.tokenizer)
                 running = [g for g, i in enumerate(group) if not batch[i].done]
                 if not running:

@@ -1,7 +1,7 @@
 """Request models of every route, with their constraints declared (pydantic ``Field``).
 
 Limits that depend on the server's settings (``max_tokens`` ceiling, ``n``,
-stop count, batch sizes) are checked in :mod:`serve.limits` before anything
+stop count, batch sizes) are checked in :func:`serve.bridge.check_sampling` before anything
 is tokenised. Unknown fields are ignored (clients send optional extras such as
 ``user`` or ``store``); features convtune does not have are refused with 400
 and the field named, never silently dropped.
@@ -48,9 +48,29 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(None, max_length=2000)
+    schema_: dict[str, Any] = Field(alias="schema", default_factory=lambda: {"type": "object"})
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
+    """``json_object``: one JSON object; ``json_schema``: JSON matching ``json_schema.schema``.
+    Both are enforced while decoding (grammar-guided), not asked for and hoped."""
+
     model_config = ConfigDict(extra="ignore")
     type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    def decoding_schema(self) -> dict[str, Any] | None:
+        """The JSON schema decoding follows (None: free text)."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.schema_
+        return None
 
 
 class StreamOptions(BaseModel):

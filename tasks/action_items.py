@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
 
 from tasks.lists import CleanStr, ListTask, lower_keys
 from tasks.metrics import normalize_label
@@ -34,7 +34,13 @@ def _iso_date(v: str | None) -> str | None:
     return v
 
 
-IsoDate = Annotated[str | None, AfterValidator(_iso_date)]
+# The schema carries the date pattern so guided decoding writes "YYYY-MM-DD" or null.
+IsoDate = Annotated[
+    str | None,
+    AfterValidator(_iso_date),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"},
+                              {"type": "null"}]}),
+]
 
 
 class ActionItem(BaseModel):

@@ -59,6 +59,11 @@ class Task(ABC):
     #: The headline key of ``score()``'s result (higher is better), for model selection and reports.
     primary_metric: str | None = None
 
+    def output_schema(self) -> dict[str, Any] | None:
+        """JSON schema of a structured answer, for grammar-guided decoding
+        (:mod:`convtune.guided`); None for tasks answered in free text or by label."""
+        return None
+
     def validate_label(self, label: Any) -> list[str]:
         """Problems with a gold label, as short messages (empty list = valid).
 

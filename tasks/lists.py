@@ -3,7 +3,8 @@
 :class:`ListTask` holds everything shared: canonical rendering, tolerant
 parsing into a pydantic schema, label validation and the F1 metric.
 Subclasses name the item schema, how two items are compared and which item
-attributes get an accuracy on matched pairs.
+attributes get an accuracy on matched pairs. Parsing drops blank and exactly
+repeated items (a small model's decoding loop, never two distinct facts).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class ListTask(Task):
     item_type: Any = CleanStr
     item_keys: frozenset[str] = frozenset()  # keys making a lone object "clearly an item"
     default_threshold: float = 0.5
+    #: Guided decoding bounds (not label validation): most items and characters per string.
+    max_items: int = 8
+    max_string_chars: int = 200
 
     def __init__(self, name: str | None = None, instruction: str | None = None, *,
                  match_threshold: float | None = None):
@@ -92,8 +96,13 @@ class ListTask(Task):
     def _prepare(self, value: Any) -> Any:
         if not isinstance(value, list):
             return value
-        items = [self.prepare_item(x) for x in value]
-        return [x for x in items if x != ""]  # a blank string item is noise, not content
+        items, seen = [], set()
+        for x in map(self.prepare_item, value):
+            key = repr(x)
+            if x != "" and key not in seen:  # a blank item is noise; a repeated one is a decoding loop
+                items.append(x)
+                seen.add(key)
+        return items
 
     def _parse(self, text: str) -> Parsed:
         return parse_structured(text, self._adapter, expect_list=True, item_keys=self.item_keys,
@@ -101,6 +110,12 @@ class ListTask(Task):
 
     def parse(self, text: str) -> Parsed:
         return self.safe_parse(text, self._parse)
+
+    def output_schema(self) -> dict[str, Any]:
+        from convtune.guided import bound_strings
+
+        schema = bound_strings(self._adapter.json_schema(), self.max_string_chars)
+        return {**schema, "maxItems": self.max_items}
 
     def validate_label(self, label: Any) -> list[str]:
         if label is None:

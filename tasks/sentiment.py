@@ -60,6 +60,9 @@ class SentimentTask(Task):
     def parse(self, text: str) -> Parsed:
         return self.safe_parse(text, self._parse)
 
+    def output_schema(self) -> dict[str, Any]:
+        return self._adapter.json_schema()
+
     def validate_label(self, label: Any) -> list[str]:
         if label is None:
             return ["label is missing (null)"]

@@ -267,6 +267,60 @@ def test_constrained_needs_labels(tiny, convs):
         _run(tiny, convs, constrained=["fake_json"])
 
 
+def test_guided_decoding_makes_every_structured_answer_parse(tiny, convs):
+    """A random model writes gibberish; guided by the tasks' JSON schemas it writes valid,
+    typed answers, also when the budget cuts a list short (closed after its last item)."""
+    from convtune.evaluation import answer_tasks
+    from tasks import default_registry
+
+    registry = default_registry()
+    tasks = [registry.get(n) for n in ("action_items", "sentiment", "questions", "entities")]
+    budgets = {"action_items": 40}  # too short for most lists: the cut is repaired, not failed
+
+    def run(constrained):
+        with torch.inference_mode():
+            return answer_tasks(_gen(tiny), tiny[2], convs, tasks, constrained=constrained,
+                                batch_size=2, max_new_tokens=budgets)
+
+    guided, free = run(True), run(False)
+    by_name = {t.name: t for t in tasks}
+    for a in guided.answers:
+        parsed = by_name[a.task].parse(a.text)
+        assert a.constrained and parsed.ok, (a.task, a.text, parsed.error)  # parse = schema-validated
+    assert any(not a.stopped for a in guided.answers if a.task == "action_items")
+    assert not any(by_name[a.task].parse(a.text).ok for a in free.answers if a.task != "sentiment")
+
+
+def test_generation_stops_at_its_deadline(tiny, convs):
+    import time
+
+    from convtune.evaluation import answer_tasks
+
+    gen = _gen(tiny)
+    gen.deadline = time.monotonic() - 1  # e.g. the server's request deadline has passed
+    with pytest.raises(TimeoutError), torch.inference_mode():
+        answer_tasks(gen, tiny[2], convs, TASKS)
+    gen.deadline = None
+    with torch.inference_mode():
+        assert answer_tasks(gen, tiny[2], convs[:1], TASKS).answers
+
+
+def test_close_truncated_list_keeps_only_finished_items():
+    from convtune.guided import close_truncated_list
+
+    assert close_truncated_list('[{"text": "a, b", "x": 1}, {"text": "c", "x"') == '[{"text": "a, b", "x": 1}]'
+    assert close_truncated_list('["one", "two", "thr') == '["one", "two"]'
+    assert close_truncated_list('[{"text": "a') == "[]"
+    assert close_truncated_list('{"a": 1') is None
+
+
+def test_guides_reject_a_schema_they_cannot_compile(tiny):
+    from convtune.guided import SchemaError
+
+    with pytest.raises(SchemaError):
+        _gen(tiny).guides.guide({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
+
+
 # ---- metrics and reports -----------------------------------------------------------------
 
 

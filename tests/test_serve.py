@@ -91,10 +91,38 @@ def test_chat_n_seed_stop_and_json_mode(oai):
     cut = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=16, stop=[stop])
     assert cut.choices[0].message.content == greedy.message.content.split(stop)[0]
     assert cut.choices[0].finish_reason == "stop"
-    js = oai.chat.completions.create(
-        model="tiny-base", messages=HELLO, max_tokens=8, response_format={"type": "json_object"}
-    )
-    assert isinstance(json.loads(js.choices[0].message.content), dict)
+
+
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"mood": {"enum": ["good", "bad"]}, "note": {"type": "string", "maxLength": 12}},
+    "required": ["mood", "note"],
+    "additionalProperties": False,
+}
+
+
+def test_json_modes_are_enforced_while_decoding(oai):
+    """A random model writes gibberish; guided by the schema, every answer is valid JSON of it,
+    greedy or sampled, plain or streamed. JSON mode cut by max_tokens is a JSON prefix (as OpenAI)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
+    for temperature in (0.0, 1.0):
+        out = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=40, n=2,
+                                          temperature=temperature, seed=3, response_format=fmt)
+        for choice in out.choices:
+            value = json.loads(choice.message.content)
+            assert choice.finish_reason == "stop" and value["mood"] in ("good", "bad")
+            assert set(value) == {"mood", "note"} and len(value["note"]) <= 12
+    stream = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=40,
+                                         response_format=fmt, stream=True)
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert json.loads(streamed)["mood"] in ("good", "bad")
+    cut = oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=6,
+                                      response_format={"type": "json_object"})
+    assert cut.choices[0].message.content.startswith("{")
+    with pytest.raises(openai.BadRequestError) as err:
+        bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}
+        oai.chat.completions.create(model="tiny-base", messages=HELLO, response_format=bad)
+    assert err.value.body["param"] == "response_format.json_schema"
 
 
 def test_embeddings_base64_default_and_float(oai, server):
@@ -328,12 +356,35 @@ def test_analyze_returns_every_core_task_analytics_and_redacts(server):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
+    # A random model's answers, but typed: labels scored, structured answers schema-guided.
+    assert all(t["valid"] and t["output"] is not None for t in body["tasks"].values()), body["tasks"]
+    assert isinstance(body["tasks"]["action_items"]["output"], list)
+    assert set(body["tasks"]["sentiment"]["output"]) == {"overall", "start", "end", "message_ids"}
     assert body["tasks"]["intent"]["valid"] and 0 < body["tasks"]["intent"]["confidence"] <= 1  # constrained
     assert body["redactions"] == {"CREDIT_CARD": 1} and "4111" not in json.dumps(body)
     ids = body["tasks"]["intent"]["output"]["message_ids"]  # constrained: always a label
     assert ids and set(ids) <= {"m1", "m2", "m3"}
     assert body["analytics"]["customer_talk_share"] is not None  # roles guessed from the speaker names
     assert body["analytics"]["duration_seconds"] == 11.0 and body["usage"]["completion_tokens"] > 0
+
+
+def test_analyze_past_its_deadline_is_504_and_frees_the_engine(server, monkeypatch):
+    import time
+
+    ctx = server.ctx
+    monkeypatch.setattr(ctx, "settings", ctx.settings.model_copy(update={"request_timeout_s": 0.05}))
+    conv = {"messages": [{"speaker": "Customer", "text": "My router keeps dropping the connection. " * 20}]}
+    r = server.client.post("/v1/conversations/analyze", headers=auth(server.acme), json={"conversation": conv})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+    monkeypatch.undo()
+    ok = server.client.post("/v1/chat/completions", headers=auth(server.acme),
+                            json={"model": "tiny-base", "messages": HELLO, "max_tokens": 4})
+    assert ok.status_code == 200
+    for _ in range(100):  # the engine releases a batch's slots just after its last event
+        if ctx.engine.inflight == 0:
+            break
+        time.sleep(0.02)
+    assert ctx.engine.inflight == 0
 
 
 # ---- mixed-adapter batches, cancellation, deadlines (the engine directly) --------------------------

@@ -66,7 +66,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-cache", dest="reuse_cache", action="store_false", default=None,
                    help="recompute every prompt instead of reusing the KV cache of the shared prefix")
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="classification tasks pick the most likely label of their label set "
+                   help="classification tasks pick the most likely label of their label set and "
+                   "structured tasks decode guided by their JSON schema, so every answer parses "
                    "(default: each task's own default)")
     p.add_argument("--batch-size", type=_positive, default=8, help="conversations (or prompts) per batch")
     p.add_argument("--max-new-tokens", type=_budget, action="append", metavar="TASK_OR_KIND=N",

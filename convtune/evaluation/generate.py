@@ -26,7 +26,9 @@ Two strategies answer several tasks about one conversation:
 Constrained decoding (classification tasks with ``labels``): every allowed
 label's answer, tokenized by the renderer exactly as training renders it
 (including the end-of-turn token), is scored by its log-likelihood given the
-prompt, reusing the prompt's cache; the best label wins.
+prompt, reusing the prompt's cache; the best label wins. Structured tasks (with
+an ``output_schema()``) are decoded grammar-guided instead (:mod:`convtune.guided`):
+every picked token keeps the answer a valid prefix of the schema's JSON.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 
 from convtune.conversation import Conversation
 from convtune.errors import ConfigError
+from convtune.guided import close_truncated_list
 from convtune.renderer import ContextChunk, Encoded, Renderer, TaskTurn
 
 STRATEGIES = ("independent", "chained")
@@ -117,7 +120,8 @@ class StepStats:
 class Generator:
     """Greedy generation and label scoring for one (model, tokenizer), in eval mode, no grad."""
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, *, guides: Any = None):
+        """``guides``: a :class:`convtune.guided.Guides` of this tokenizer to reuse (else built lazily)."""
         import torch
 
         self.torch = torch
@@ -135,6 +139,23 @@ class Generator:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(base.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._guides: Any = guides
+        #: time.monotonic() after which prefill/decode raise TimeoutError (None: no deadline).
+        self.deadline: float | None = None
+
+    @property
+    def guides(self) -> Any:
+        """Grammar guides for this tokenizer (:mod:`convtune.guided`), built on first use."""
+        if self._guides is None:
+            from convtune.guided import Guides
+
+            vocab = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
+            self._guides = Guides(self.tokenizer, self.stop_ids, vocab)
+        return self._guides
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeoutError("generation passed its deadline")
 
     def forward(self, **kwargs: Any) -> Any:
         """The model's forward with the KV cache passed under this transformers version's name."""
@@ -261,6 +282,7 @@ class Rows:
         torch = self.gen.torch
         if len(prompts) != self.n:
             raise ValueError(f"expected {self.n} prompts, got {len(prompts)}")
+        self.gen.check_deadline()
         t0 = time.perf_counter()
         if not self.reuse:
             self._reset()
@@ -302,9 +324,11 @@ class Rows:
         return logits[:, -1, :].float()
 
     def decode(self, logits: Any, max_new_tokens: Sequence[int],
-               active: Sequence[bool] | None = None) -> list[Generation | None]:
+               active: Sequence[bool] | None = None,
+               guides: Sequence[Any | None] | None = None) -> list[Generation | None]:
         """Greedy decoding from the logits ``prefill`` returned. Rows stop at a stop token or
-        their budget; inactive rows return ``None``.
+        their budget; inactive rows return ``None``. ``guides[r]`` (a :class:`convtune.guided.Guide`)
+        restricts row ``r`` to tokens that keep its answer valid for a JSON schema.
 
         When half the rows of the computed batch have finished, the batch shrinks to the
         running rows (a copy of their cache), so one long answer does not make every
@@ -322,11 +346,18 @@ class Rows:
         group = list(range(self.n))  # rows of the batch being computed, in cache order
         cache, mask = self.cache, self.mask
         parents: list[tuple[Any, Any, list[int]]] = []
+        guides = list(guides) if guides is not None else [None] * self.n
         while True:
+            self.gen.check_deadline()
+            for g, r in enumerate(group):
+                if not done[r] and guides[r] is not None:
+                    guides[r].mask_(logits[g])
             nxt = logits.argmax(dim=-1).tolist()
             for g, r in enumerate(group):
                 if done[r]:
                     continue
+                if guides[r] is not None:
+                    guides[r].advance(nxt[g])
                 out[r].append(nxt[g])
                 if nxt[g] in self.gen.stop_ids:
                     done[r] = stopped[r] = True
@@ -525,25 +556,31 @@ class _Candidates:
         return self._cache[task.name]
 
 
+def constrainable(task: Any) -> bool:
+    """A task whose answer space can be enforced: labels (scored) or a JSON schema (guided)."""
+    return bool(getattr(task, "labels", None)) or task.output_schema() is not None
+
+
 def resolve_constrained(tasks: Sequence[Any], constrained: bool | str | Collection[str] | None) -> set[str]:
-    """Which tasks decode constrained to their labels.
+    """Which tasks decode constrained: classification tasks choose among their ``labels``
+    (scored), structured tasks are guided by their JSON schema (always valid JSON).
 
     ``None``/``"auto"``: each task's own ``constrained_default`` attribute (False when absent);
-    ``True``/``False``: every / no task that has ``labels``; a collection: those task names.
-    Tasks without ``labels`` are never constrained.
+    ``True``/``False``: every / no constrainable task; a collection: those task names.
     """
-    with_labels = {t.name for t in tasks if getattr(t, "labels", None)}
+    able = {t.name for t in tasks if constrainable(t)}
     if constrained is None or constrained == "auto":
-        return {t.name for t in tasks if t.name in with_labels and getattr(t, "constrained_default", False)}
+        return {t.name for t in tasks if t.name in able and getattr(t, "constrained_default", False)}
     if constrained is True:
-        return with_labels
+        return able
     if constrained is False:
         return set()
     if isinstance(constrained, str):
         raise ValueError(f"constrained must be 'auto', a bool or task names, not {constrained!r}")
-    unknown = set(constrained) - with_labels
+    unknown = set(constrained) - able
     if unknown:
-        raise ConfigError(f"constrained decoding needs tasks with labels; not: {', '.join(sorted(unknown))}")
+        raise ConfigError("constrained decoding needs tasks with labels or a JSON output schema; not: "
+                          + ", ".join(sorted(unknown)))
     return set(constrained)
 
 
@@ -604,7 +641,7 @@ def answer_tasks(
         logits = rows.prefill([None if it is None else it[1].input_ids for it in items])
         answers: list[Answer | None] = [None] * len(items)
         is_constrained = task.name in constrained_names
-        if is_constrained:
+        if is_constrained and task.labels:
             gens: list[Generation | None] = [None] * len(items)
             label_scores: list[dict[str, float] | None] = [None] * len(items)
             for r, it in enumerate(items):
@@ -616,8 +653,14 @@ def answer_tasks(
                 gens[r] = Generation(list(ids[best]), texts[best], stopped=True)
                 label_scores[r] = {str(lab): sc for lab, sc in zip(labels, s)}
         else:
+            schema = task.output_schema() if is_constrained else None
+            guides = [None if it is None or schema is None else generator.guides.guide(schema) for it in items]
             gens = rows.decode(logits, [budgets[task.name]] * len(items),
-                               active=[it is not None for it in items])
+                               active=[it is not None for it in items], guides=guides)
+            if schema is not None and schema.get("type") == "array":
+                for g in gens:  # out of budget mid-list: keep the items the model finished
+                    if g is not None and not g.stopped:
+                        g.text = close_truncated_list(g.text) or g.text
             label_scores = [None] * len(items)
         elapsed = time.perf_counter() - t0
         step = StepStats(
@@ -627,7 +670,7 @@ def answer_tasks(
             prefill_seconds=rows.stats.prefill_seconds - before.prefill_seconds,
             decode_seconds=rows.stats.decode_seconds - before.decode_seconds,
         )
-        if is_constrained:
+        if is_constrained and task.labels:
             step.new_tokens = sum(len(g.token_ids) for g in gens if g is not None)
         n_active = sum(it is not None for it in items)
         share = elapsed / n_active if n_active else 0.0

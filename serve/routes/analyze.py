@@ -3,10 +3,12 @@
 The conversation is PII-redacted first; the deterministic talk-time analytics
 come from its timestamps (no model). The tasks are asked one after another in
 one chat (the renderer's chained layout, transcript encoded once, KV cache
-reused across answers), on the engine thread as one exclusive job, with
-classification tasks constrained to their labels (confidence = the label's
-softmax share over the label set). Each output carries the turn ids it rests
-on (:mod:`convtune.attribution`).
+reused across answers), on the engine thread as one exclusive job that stops
+at the request's deadline. Classification tasks are constrained to their
+labels (confidence = the label's softmax share over the label set) and
+structured tasks are decoded guided by their JSON schema, so every output
+parses into its typed shape. Each output carries the turn ids it rests on
+(:mod:`convtune.attribution`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
     from convtune.analytics import analyze as talk_time
     from convtune.data import redact_all
     from convtune.evaluation.evaluate import resolve_tasks
-    from convtune.evaluation.generate import Generator, answer_tasks
+    from convtune.evaluation.generate import answer_tasks
 
     ctx = ctx_of(request)
     host, engine = ctx.require_engine()
@@ -99,6 +101,8 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
     renderer = host.renderer_for(ref)
     customer = [t.id for t in conv.turns if t.role.value == "customer"] or [conv.turns[0].id]
 
+    deadline = time.monotonic() + ctx.settings.request_timeout_s
+
     def job() -> Any:
         import torch
 
@@ -110,21 +114,26 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
             few_shot = host.adapter(ref.adapter_key).few_shot
             context = run_context(ref.path, few_shot, [conv], tasks, encoder=ctx.get_encoder())
         with host.active(ref) as model, torch.inference_mode():
-            return answer_tasks(
-                Generator(model, host.tokenizer),
-                renderer,
-                [conv],
-                tasks,
-                strategy="chained",
-                batch_size=1,
-                constrained=True,
-                context=context,
-            )
+            generator = engine.generator(model)
+            generator.deadline = deadline  # the job stops at the request's deadline, freeing the engine
+            try:
+                return answer_tasks(
+                    generator,
+                    renderer,
+                    [conv],
+                    tasks,
+                    strategy="chained",
+                    batch_size=1,
+                    constrained=True,  # labels scored, structured answers schema-guided: always valid
+                    context=context,
+                )
+            finally:
+                generator.deadline = None
 
     started = time.perf_counter()
     try:
         run = await asyncio.wait_for(asyncio.wrap_future(engine.run_job(job)), ctx.settings.request_timeout_s)
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, TimeoutError):
         raise APIError(504, "analysis did not finish before its deadline", code="deadline_exceeded") from None
     results: dict[str, Any] = {}
     prompt_tokens = completion_tokens = 0

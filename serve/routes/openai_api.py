@@ -68,18 +68,6 @@ def _chat_messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
     ]
 
 
-def _json_text(text: str) -> str:
-    """JSON mode: the first JSON object in the output (fences and prose stripped, trailing
-    commas repaired); if the model produced none, the text wrapped as {"text": ...}."""
-    from tasks.parsing import find_json
-
-    values, _ = find_json(text)
-    for _, value in values:
-        if isinstance(value, dict):
-            return json.dumps(value, ensure_ascii=False)
-    return json.dumps({"text": text.strip()}, ensure_ascii=False)
-
-
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     ctx = ctx_of(request)
@@ -91,6 +79,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise invalid("messages", f"at most {ctx.settings.max_messages} messages")
     if not any(m.role == "user" for m in body.messages):
         raise invalid("messages", "messages must include a user message")
+    fmt = body.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
+        raise invalid("response_format.json_schema", "response_format.json_schema is required with type json_schema")
+    schema = fmt.decoding_schema() if fmt is not None else None
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     sampling = check_sampling(
@@ -103,15 +95,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
+        schema=schema,
+        schema_param="response_format.json_schema" if fmt is not None and fmt.type == "json_schema"
+        else "response_format",
     )
     ref = resolve_model(request, body.model)
     host = ctx.host
     messages = _chat_messages(body)
-    json_mode = body.response_format is not None and body.response_format.type != "text"
     query = last_user_message(messages)
     context = await retrieve(request, body.retrieval, query)
     try:
-        prompt = host.renderer.encode_chat(messages, context, json_object=json_mode).input_ids
+        prompt = host.renderer.encode_chat(messages, context, json_schema=schema).input_ids
     except ValueError as exc:
         raise invalid("messages", str(exc)) from None
     check_context(ctx, prompt, sampling, host.context_window)
@@ -121,7 +115,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         events = await stream(request, prompt, ref, sampling, body.n)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse_chat(events, cid, created, body.model, body.n, json_mode, include_usage),
+            _sse_chat(events, cid, created, body.model, body.n, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -134,7 +128,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": _json_text(r.text) if json_mode else r.text},
+                "message": {"role": "assistant", "content": r.text},
                 "finish_reason": r.finish_reason,
                 "logprobs": None,
             }
@@ -160,7 +154,6 @@ async def _sse_chat(
     created: int,
     model: str,
     n: int,
-    json_mode: bool,
     include_usage: bool,
 ) -> AsyncIterator[str]:
     def chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> str:
@@ -176,18 +169,12 @@ async def _sse_chat(
 
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""})
-    buffered = [""] * n
     prompt_tokens = completion_tokens = 0
     try:
         async for i, ev in events:
             if ev.kind == "delta":
-                if json_mode:
-                    buffered[i] += ev.text
-                else:
-                    yield chunk(i, {"content": ev.text})
+                yield chunk(i, {"content": ev.text})
             elif ev.kind == "done":
-                if json_mode:
-                    yield chunk(i, {"content": _json_text(buffered[i])})
                 prompt_tokens = ev.prompt_tokens
                 completion_tokens += ev.completion_tokens
                 yield chunk(i, {}, ev.finish_reason)
