@@ -10,7 +10,8 @@ same tokens):
    completion tokens/s, latency p50/p99, and the ratio to the baseline;
 3. call analytics: ``/v1/conversations/analyze`` (4 core tasks, one request:
    transcript encoded once, KV cache reused) vs the same 4 task prompts sent one
-   by one through ``/v1/model/generate``;
+   by one through ``/v1/model/generate``: mean seconds per conversation and how many
+   answers parse into each task's typed shape (analyze decodes guided, one by one free);
 4. ``--fast-cpu`` (int8 dynamic quantisation): single-stream tokens/s vs fp32,
    greedy outputs identical to fp32 (share of prompts), and perplexity of the
    sample transcripts under both (quality cost).
@@ -273,6 +274,8 @@ def analyze_vs_one_by_one(server: ServerProcess, n: int) -> dict:
 
     tasks = [default_registry().get(t) for t in CORE]
     one, each = [], []
+    valid_one = dict.fromkeys(CORE, 0)  # analyze: labels scored, structured answers schema-guided
+    valid_each = dict.fromkeys(CORE, 0)  # one by one: free generation, parsed by the same task parsers
     with httpx.Client(base_url=server.url, headers=server.headers, timeout=600) as client:
         for conv in sample_conversations(n):
             messages = [{"id": t.id, "speaker": t.speaker, "text": t.text} for t in conv.turns]
@@ -283,6 +286,8 @@ def analyze_vs_one_by_one(server: ServerProcess, n: int) -> dict:
             )
             one.append(time.perf_counter() - t)
             r.raise_for_status()
+            for name, entry in r.json()["tasks"].items():
+                valid_one[name] += bool(entry["valid"])
             text = "\n".join(f"{t.speaker}: {t.text}" for t in conv.turns)
             t = time.perf_counter()
             for task in tasks:
@@ -295,9 +300,12 @@ def analyze_vs_one_by_one(server: ServerProcess, n: int) -> dict:
                     },
                 )
                 r.raise_for_status()
+                valid_each[task.name] += task.parse(r.json()["output"]["text"]).ok
             each.append(time.perf_counter() - t)
     return {
         "conversations": n,
+        "valid_analyze": valid_one,
+        "valid_one_by_one": valid_each,
         "analyze_mean_s": round(float(np.mean(one)), 2),
         "one_by_one_mean_s": round(float(np.mean(each)), 2),
         "speedup": round(float(np.mean(each) / np.mean(one)), 2),
@@ -348,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             results["analyze"] = analyze_vs_one_by_one(server, args.analyze_conversations)
             print(
                 f"analyze (4 tasks, one call) {results['analyze']['analyze_mean_s']} s vs one by one "
-                f"{results['analyze']['one_by_one_mean_s']} s ({results['analyze']['speedup']}x)",
+                f"{results['analyze']['one_by_one_mean_s']} s ({results['analyze']['speedup']}x); "
+                f"valid answers of {args.analyze_conversations}: "
+                f"analyze {results['analyze']['valid_analyze']}, "
+                f"one by one {results['analyze']['valid_one_by_one']}",
                 flush=True,
             )
         finally:

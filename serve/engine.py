@@ -16,13 +16,17 @@ Request path::
                         into its asyncio loop)
 
 Finished rows leave the batch (their cache rows are dropped), so a long answer
-does not make short ones pay. Work that needs the model exclusively (call
-analytics' chained tasks, which reuse one KV cache across several answers) is
-queued as a job and runs between batches on the same thread.
+does not make short ones pay, and queued requests join a running batch between
+decode steps (continuous batching: prefilled on their own, their cache rows
+merged in), so a request arriving mid-batch does not wait for it to finish.
+Work that needs the model exclusively (call analytics' chained tasks, which
+reuse one KV cache across several answers) is queued as a job and runs between
+batches on the same thread; while one waits, nothing joins the running batch.
 
 Greedy decoding is deterministic and independent of what else is in the batch
-up to float rounding of padded matmuls; ``tests/test_serve_engine.py`` checks
-mixed-adapter batches against solo runs byte for byte.
+up to float rounding of padded matmuls; ``tests/test_serve.py`` checks
+mixed-adapter batches and requests joining a running batch against solo runs
+byte for byte.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.batches = 0  # batches run (for tests and metrics)
+        self.joins = 0  # requests that joined a running batch
         self.max_rows_seen = 0
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -200,15 +205,16 @@ class Engine:
             with self._cv:
                 batch = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
             live = [r for r in batch if not self._finish_if_stale(r)]
+            joined: list[GenRequest] = []  # requests that joined the running batch (filled by _run_batch)
             if live:
                 try:
-                    self._run_batch(live)
+                    self._run_batch(live, joined)
                 except APIError as exc:
-                    for r in live:
+                    for r in live + joined:
                         self._fail(r, exc)
                 except Exception as exc:  # a bug or OOM: fail these requests, keep serving
-                    log.exception("batch of %d failed", len(live))
-                    for r in live:
+                    log.exception("batch of %d failed", len(live) + len(joined))
+                    for r in live + joined:
                         self._fail(
                             r,
                             APIError(
@@ -218,7 +224,7 @@ class Engine:
                                 code="internal_error",
                             ),
                         )
-            self._release(len(batch))
+            self._release(len(batch) + len(joined))
 
     def _run_job(self, job: _Job) -> None:
         try:
@@ -293,7 +299,24 @@ class Engine:
             ok.append(r)
         return ok
 
-    def _run_batch(self, batch: list[GenRequest]) -> None:
+    def _take_joiners(self, limit: int) -> list[GenRequest]:
+        """Queued requests that can join the running batch: from the front of the queue (FIFO),
+        while their adapter is already in memory (loading one could evict an adapter the batch
+        uses). Nothing joins while an exclusive job waits, so jobs are not starved."""
+        taken: list[GenRequest] = []
+        with self._cv:
+            while self._pending and len(taken) < limit and not self._jobs and not self._stopping:
+                key = self._pending[0].model.adapter_key
+                if key is not None and key not in self.host.loaded:
+                    break
+                taken.append(self._pending.popleft())
+        return taken
+
+    def _run_batch(self, batch: list[GenRequest], joined: list[GenRequest]) -> None:
+        """Decode ``batch`` to the end. Between decode steps, queued requests join it
+        (continuous batching): they are prefilled on their own and their KV cache rows are
+        merged into the batch's. Joiners are appended to ``joined`` (the caller releases and,
+        on a crash, fails them)."""
         import torch
 
         host = self.host
@@ -302,6 +325,7 @@ class Engine:
             return
         aliases = host.ensure([r.model for r in batch])
         names = [aliases[r.model.adapter_key] for r in batch]
+        batch = list(batch)  # joiners are appended
         model = host.model
         gen = self.generator(model)
         batch = self._guided(batch, gen)
@@ -361,6 +385,28 @@ class Engine:
                     **extra,
                 )
                 logits = out.logits[:, -1, :].float()
+                if len(group) < self.max_batch_size and self._pending:
+                    new = self._take_joiners(self.max_batch_size - len(group))
+                    joined.extend(new)
+                    new = self._guided([r for r in new if not self._finish_if_stale(r)], gen)
+                    if new:
+                        first = len(batch)
+                        new_aliases = host.ensure([r.model for r in new])  # all in memory: no load
+                        new_names = [new_aliases[r.model.adapter_key] for r in new]
+                        rows = gen.rows(
+                            len(new), reuse=False, adapter_names=new_names if mixed is not None else None
+                        )
+                        new_logits = rows.prefill([r.prompt_ids for r in new])
+                        cache, mask = _merge_caches(cache, mask, rows.cache, rows.mask)
+                        logits = torch.cat([logits, new_logits])
+                        batch.extend(new)
+                        names.extend(new_names)
+                        samplers.extend(_Sampler(r.sampling, torch) for r in new)
+                        guides.extend(r.guide for r in new)
+                        positions.extend(len(r.prompt_ids) for r in new)
+                        group.extend(range(first, len(batch)))
+                        self.joins += len(new)
+                        self.max_rows_seen = max(self.max_rows_seen, len(group))
 
     def _advance(self, r: GenRequest, token: int, stop_ids: set[int], tokenizer: Any) -> None:
         """Append one token to ``r``; emit new text; finish on stop/limits/deadline/cancel."""
@@ -434,6 +480,29 @@ class _Sampler:
             sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
             return int(order[torch.multinomial(sorted_p, 1, generator=self.gen)])
         return int(torch.multinomial(probs, 1, generator=self.gen))
+
+
+def _merge_caches(cache_a: Any, mask_a: Any, cache_b: Any, mask_b: Any) -> tuple[Any, Any]:
+    """Stack two batches' KV caches (rows of ``b`` after rows of ``a``), left-padding the
+    narrower one with masked zero columns. Keys are stored rotated (RoPE applied at their own
+    positions), so a column's index changes nothing a token attends to."""
+    import torch
+    from transformers import DynamicCache
+
+    width = max(mask_a.shape[1], mask_b.shape[1])
+
+    def pad(t: Any, n: int) -> Any:
+        if n == 0:
+            return t
+        return torch.cat([t.new_zeros(*t.shape[:2], n, *t.shape[3:]), t], dim=2)
+
+    layers = []
+    for la, lb in zip(cache_a.layers, cache_b.layers):
+        wa, wb = width - la.keys.shape[2], width - lb.keys.shape[2]
+        layers.append((torch.cat([pad(la.keys, wa), pad(lb.keys, wb)]),
+                       torch.cat([pad(la.values, wa), pad(lb.values, wb)])))
+    masks = [torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], dim=1) for m in (mask_a, mask_b)]
+    return DynamicCache(layers), torch.cat(masks)
 
 
 def _longest(stop: tuple[str, ...]) -> int:

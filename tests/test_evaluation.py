@@ -308,7 +308,8 @@ def test_generation_stops_at_its_deadline(tiny, convs):
 def test_close_truncated_list_keeps_only_finished_items():
     from convtune.guided import close_truncated_list
 
-    assert close_truncated_list('[{"text": "a, b", "x": 1}, {"text": "c", "x"') == '[{"text": "a, b", "x": 1}]'
+    cut = close_truncated_list('[{"text": "a, b", "x": 1}, {"text": "c", "x"')
+    assert cut == '[{"text": "a, b", "x": 1}]'
     assert close_truncated_list('["one", "two", "thr') == '["one", "two"]'
     assert close_truncated_list('[{"text": "a') == "[]"
     assert close_truncated_list('{"a": 1') is None

@@ -374,7 +374,9 @@ def test_analyze_past_its_deadline_is_504_and_frees_the_engine(server, monkeypat
     ctx = server.ctx
     monkeypatch.setattr(ctx, "settings", ctx.settings.model_copy(update={"request_timeout_s": 0.05}))
     conv = {"messages": [{"speaker": "Customer", "text": "My router keeps dropping the connection. " * 20}]}
-    r = server.client.post("/v1/conversations/analyze", headers=auth(server.acme), json={"conversation": conv})
+    r = server.client.post(
+        "/v1/conversations/analyze", headers=auth(server.acme), json={"conversation": conv}
+    )
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
     monkeypatch.undo()
     ok = server.client.post("/v1/chat/completions", headers=auth(server.acme),
@@ -441,6 +443,57 @@ def test_mixed_adapter_batch_is_byte_identical_to_solo_runs(server):
     fut.result(10)
     assert engine.batches == before + 1 and engine.max_rows_seen >= 6
     assert results[0] == solo
+
+
+def test_requests_join_a_running_batch_with_solo_outputs(server):
+    """Continuous batching: requests queued while a batch decodes join it at the next step
+    (their cache rows merged in), and every output equals its solo run byte for byte."""
+    import time
+
+    from serve.engine import GenRequest, Sampling
+
+    host, engine = server.ctx.host, server.ctx.engine
+    prompts = [
+        host.renderer.encode_chat([{"role": "user", "content": t}]).input_ids
+        for t in ("Tell me about my bill.", "Why was my card declined at the store yesterday?", "Hi")
+    ]
+    cases = [("alpha", prompts[0], 40), ("beta", prompts[1], 12), ("tiny-base", prompts[2], 12)]
+
+    def req(model, prompt, n):
+        return GenRequest(
+            prompt, host.resolve("acme", model), Sampling(max_tokens=n), None, time.monotonic() + 60, "acme"
+        )
+
+    solo = [_run(engine, [req(*c)])[0][0] for c in cases]
+    first = req(*cases[0])
+    late = [req(*c) for c in cases[1:]]
+    late_out = []
+    sent = threading.Event()
+
+    def submit_late():  # runs on the engine thread after the first token: the batch is running
+        sent.set()
+        late_out.append(threading.Thread(target=lambda: late_out.append(_run(engine, late)[0])))
+        late_out[0].start()
+
+    texts, started = [], []
+
+    def emit(ev):
+        if ev.kind == "delta":
+            texts.append(ev.text)
+            if not started:
+                started.append(1)
+                submit_late()
+        elif ev.kind == "done":
+            done.set()
+
+    done = threading.Event()
+    first.emit = emit
+    before_batches, before_joins = engine.batches, engine.joins
+    engine.submit([first])
+    assert done.wait(60) and sent.is_set()
+    late_out[0].join(60)
+    assert engine.joins - before_joins == 2 and engine.batches == before_batches + 1
+    assert ["".join(texts), *late_out[1]] == solo
 
 
 def test_cancel_and_deadline_stop_generation(server):

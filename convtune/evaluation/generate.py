@@ -654,7 +654,8 @@ def answer_tasks(
                 label_scores[r] = {str(lab): sc for lab, sc in zip(labels, s)}
         else:
             schema = task.output_schema() if is_constrained else None
-            guides = [None if it is None or schema is None else generator.guides.guide(schema) for it in items]
+            guides = [None if it is None or schema is None else generator.guides.guide(schema)
+                      for it in items]
             gens = rows.decode(logits, [budgets[task.name]] * len(items),
                                active=[it is not None for it in items], guides=guides)
             if schema is not None and schema.get("type") == "array":

@@ -81,7 +81,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise invalid("messages", "messages must include a user message")
     fmt = body.response_format
     if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
-        raise invalid("response_format.json_schema", "response_format.json_schema is required with type json_schema")
+        raise invalid(
+            "response_format.json_schema", "response_format.json_schema is required with type json_schema"
+        )
     schema = fmt.decoding_schema() if fmt is not None else None
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
