@@ -52,7 +52,10 @@ def check_sampling(
     repetition_penalty: float = 1.0,
     schema: dict[str, Any] | None = None,
     schema_param: str = "response_format",
+    grounded: bool = False,
 ) -> Sampling:
+    """The request's decoding settings, limits checked (400 naming the field). ``grounded``:
+    the prompt carries retrieved documents, so markdown links are stripped from the answer."""
     s = ctx.settings
     if max_tokens is not None and max_tokens > s.max_tokens_limit:
         raise invalid(max_tokens_param, f"{max_tokens_param} must be <= {s.max_tokens_limit}")
@@ -81,6 +84,7 @@ def check_sampling(
         top_k=top_k,
         repetition_penalty=repetition_penalty,
         schema=schema,
+        strip_links=grounded,
     )
 
 

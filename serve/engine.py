@@ -57,6 +57,7 @@ class Sampling:
     top_k: int = 0  # 0: off
     repetition_penalty: float = 1.0  # CTRL-style: >1 discourages tokens already generated
     schema: dict[str, Any] | None = None  # JSON schema the output follows (grammar-guided)
+    strip_links: bool = False  # markdown links/images -> their text (answers grounded in retrieval)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class GenRequest:
     sent: int = 0  # characters of text already emitted
     done: bool = False
     guide: Any = None  # convtune.guided.Guide while decoding a JSON-mode request
+    links: Any = None  # serve.links.LinkStripper when sampling.strip_links
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -434,16 +436,27 @@ class Engine:
             while safe > r.sent and text[safe - 1] == "\ufffd":
                 safe -= 1
             if safe > r.sent:
-                r.emit(Event("delta", text=text[r.sent : safe]))
+                self._emit_text(r, text[r.sent : safe])
                 r.sent = safe
             return
-        if len(text) > r.sent:
-            r.emit(Event("delta", text=text[r.sent :]))
-            r.sent = len(text)
+        self._emit_text(r, text[r.sent :], final=True)
+        r.sent = len(text)
         r.done = True
         r.emit(
             Event("done", finish_reason=finish, prompt_tokens=len(r.prompt_ids), completion_tokens=len(r.out))
         )
+
+
+    @staticmethod
+    def _emit_text(r: GenRequest, piece: str, final: bool = False) -> None:
+        if r.sampling.strip_links:
+            if r.links is None:
+                from serve.links import LinkStripper
+
+                r.links = LinkStripper()
+            piece = r.links.feed(piece) + (r.links.flush() if final else "")
+        if piece:
+            r.emit(Event("delta", text=piece))
 
 
 class _Sampler:

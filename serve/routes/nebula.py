@@ -39,6 +39,7 @@ def _sampling(request: Request, body: NebulaGenerateRequest | NebulaChatRequest)
         top_p=body.top_p,
         top_k=body.top_k,
         repetition_penalty=body.repetition_penalty,
+        grounded=body.retrieval is not None,
     )
 
 

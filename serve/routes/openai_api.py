@@ -100,6 +100,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         schema=schema,
         schema_param="response_format.json_schema" if fmt is not None and fmt.type == "json_schema"
         else "response_format",
+        grounded=body.retrieval is not None,
     )
     ref = resolve_model(request, body.model)
     host = ctx.host
