@@ -322,6 +322,24 @@ class Renderer:
                 msgs.insert(0, {"role": "system", "content": note})
         return msgs
 
+    @staticmethod
+    def conversation_chat(conv: Conversation) -> list[dict[str, str]]:
+        """A conversation as chat messages for chat-format training: the agent is the assistant,
+        everyone else the user (consecutive turns of one side joined by newlines), the imported
+        system prompt (``metadata.system_prompt``) first, leading agent turns (greetings) dropped
+        because a chat starts with the user."""
+        msgs: list[dict[str, str]] = []
+        system = getattr(conv.metadata, "system_prompt", None)
+        for turn in conv.turns:
+            role = "assistant" if turn.role.value == "agent" else "user"
+            if not msgs and role == "assistant":
+                continue
+            if msgs and msgs[-1]["role"] == role:
+                msgs[-1]["content"] += "\n" + turn.text
+            else:
+                msgs.append({"role": role, "content": turn.text})
+        return ([{"role": "system", "content": str(system)}] if system else []) + msgs
+
     def encode_chat(self, messages: Sequence[dict[str, str]], context: Sequence[ContextChunk] = (), *,
                     add_generation_prompt: bool = True, json_schema: dict[str, Any] | None = None) -> Encoded:
         """Token ids of a chat: a prompt for the next assistant message, or (with

@@ -1,4 +1,4 @@
-"""``convtune keys``, ``convtune models`` and ``convtune serve``.
+"""``convtune keys``, ``convtune models``, ``convtune serve`` and ``convtune worker``.
 
 Keys and registered models live in ``$CONVTUNE_HOME`` (see
 :mod:`convtune.tenancy`). ``convtune serve`` hands its flags to the server
@@ -70,12 +70,32 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
 
 
 SERVE_FLAGS = ("host", "port", "workers", "base_model", "device", "fast_cpu", "max_concurrent_requests",
-               "max_batch_size", "max_loaded_adapters", "request_timeout_s", "max_tokens_limit")
+               "max_batch_size", "max_loaded_adapters", "request_timeout_s", "max_tokens_limit",
+               "database_url", "worker", "jobs_per_tenant")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     flags: dict[str, Any] = {k: getattr(args, k) for k in SERVE_FLAGS if getattr(args, k) is not None}
     return importlib.import_module("serve.cli").run(flags)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from convtune.jobs.db import JobsDB, default_url
+    from convtune.jobs.worker import Worker, WorkerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    home = _home()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = WorkerSettings(max_jobs=args.max_jobs, per_tenant=args.jobs_per_tenant, poll_s=args.poll_s,
+                              stale_s=args.stale_s)
+    Worker(JobsDB(args.database_url or default_url(home)), home, settings).run(stop)
+    return 0
 
 
 def add_server_parsers(sub: Any) -> None:
@@ -121,4 +141,19 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--max-loaded-adapters", type=int, help="LoRA adapters kept in memory (default 8)")
     p.add_argument("--request-timeout-s", type=float, help="per-request deadline (default 300)")
     p.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
+    p.add_argument("--database-url", help="jobs metadata (default sqlite:///HOME/jobs.sqlite; or postgresql+psycopg://...)")
+    p.add_argument("--worker", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run a fine-tuning job worker (default: yes)")
+    p.add_argument("--jobs-per-tenant", type=int, help="running fine-tuning jobs per tenant (default 1)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run fine-tuning jobs from the queue (convtune serve starts one too)",
+                       description="Take queued fine-tuning jobs from the database and run each in its own "
+                       "process; recover jobs whose process died. Ctrl-C/SIGTERM checkpoints running jobs.")
+    p.add_argument("--database-url", help="default: sqlite:///HOME/jobs.sqlite")
+    p.add_argument("--max-jobs", type=int, default=1, help="job processes at once (default 1)")
+    p.add_argument("--jobs-per-tenant", type=int, default=1, help="running jobs per tenant (default 1)")
+    p.add_argument("--poll-s", type=float, default=1.0, help="queue poll interval (default 1 s)")
+    p.add_argument("--stale-s", type=float, default=30.0,
+                   help="a running job without a heartbeat this long is resumed elsewhere (default 30 s)")
+    p.set_defaults(func=cmd_worker)

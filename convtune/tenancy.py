@@ -28,7 +28,7 @@ from pathlib import Path
 
 from convtune.errors import ConfigError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")  # ':' for ft:<base>:<tenant>:<suffix>:<job>
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -45,14 +45,21 @@ def check_name(kind: str, name: str) -> str:
     """A tenant, model or collection name: an identifier, never a path."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise ConfigError(
-            f"{kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+            f"{kind} name {name!r}: use 1-200 letters, digits, '_', '-', '.' or ':', starting with a "
             "letter or digit"
         )
     return name
 
 
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 def check_tenant(name: str) -> str:
-    return check_name("tenant", name)
+    """A tenant name: 1-64 letters, digits, '_', '-' or '.' (no ':', which model ids use)."""
+    if not isinstance(name, str) or not _TENANT.match(name) or ".." in name:
+        raise ConfigError(f"tenant name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+                          "letter or digit")
+    return name
 
 
 def _digest(key: str) -> str:

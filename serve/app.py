@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from convtune.tenancy import KeyStore, ModelStore
 from serve.engine import Engine
-from serve.errors import APIError, error_response, install_error_handlers
+from serve.errors import APIError, error_response, from_exception, install_error_handlers
 from serve.metrics import Metrics
 from serve.models import ModelHost
 from serve.settings import ServerSettings, load_settings
@@ -46,7 +46,18 @@ class ServerContext:
     engine: Engine | None = None
     encoder: Any = None  # embeddings.encoder.Encoder, loaded on first use
     ready: bool = False
+    base_spec: str = ""  # what job processes load as the base model (default: settings.base_model)
+    _jobs_db: Any = None
     _encoder_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def jobs_db(self) -> Any:
+        """The files/jobs metadata database (convtune.jobs.db.JobsDB), opened on first use."""
+        if self._jobs_db is None:
+            from convtune.jobs.db import JobsDB
+
+            self._jobs_db = JobsDB(self.settings.jobs_url)
+        return self._jobs_db
 
     def get_encoder(self) -> Any:
         with self._encoder_lock:
@@ -64,7 +75,8 @@ class ServerContext:
 
 def build_context(settings: ServerSettings, *, model: Any = None, tokenizer: Any = None) -> ServerContext:
     """Stores, model host and engine for ``settings`` (loads the base model unless given one)."""
-    ctx = ServerContext(settings, KeyStore(settings.db_path), ModelStore(settings.home))
+    ctx = ServerContext(settings, KeyStore(settings.db_path), ModelStore(settings.home),
+                        base_spec=settings.base_model)
     if settings.load_models:
         if model is None:
             from convtune.models import load_model
@@ -119,9 +131,9 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
     app.add_middleware(_Gate)
     app.add_middleware(_BodyLimit)  # outermost: counts bytes however the body is sent
 
-    from serve.routes import analyze, health, nebula, openai_api, retrieval
+    from serve.routes import analyze, files, health, jobs, nebula, openai_api, retrieval
 
-    for module in (health, openai_api, nebula, analyze, retrieval):
+    for module in (health, openai_api, nebula, analyze, retrieval, files, jobs):
         app.include_router(module.router)
     return app
 
@@ -145,6 +157,8 @@ class _BodyLimit:
         ctx = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" and "app" in scope else None
         if ctx is None:
             return await self.app(scope, receive, send)
+        if scope["path"] == "/v1/files" and scope["method"] == "POST":
+            return await self._upload(ctx, scope, receive, send)
         limit = ctx.settings.max_body_bytes
         too_large = APIError(413, f"request body over {limit} bytes", code="payload_too_large")
         length = dict(scope["headers"]).get(b"content-length")
@@ -166,6 +180,27 @@ class _BodyLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _upload(self, ctx: ServerContext, scope: dict, receive: Any, send: Any) -> None:
+        """File uploads stream through (not buffered here) under their own, larger limit."""
+        from convtune.jobs.files import FileTooLarge
+
+        limit = ctx.settings.files_max_bytes
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit + 64 * 1024):
+            err = from_exception(FileTooLarge(limit))
+            return await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit + 64 * 1024:  # multipart framing on top of the file
+                raise FileTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class _Gate(BaseHTTPMiddleware):

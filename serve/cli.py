@@ -1,9 +1,11 @@
-"""``convtune serve``: validate settings, then run uvicorn on the app factory."""
+"""``convtune serve``: validate settings, start a job worker, run uvicorn on the app factory."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 from serve.settings import ENV_PREFIX, load_settings
@@ -18,6 +20,30 @@ def run(flags: dict[str, Any]) -> int:
         os.environ[ENV_PREFIX + key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ.setdefault("CONVTUNE_HOME", str(settings.home))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = _start_worker(settings) if settings.worker else None
+    try:
+        _serve(uvicorn, settings)
+    finally:
+        if worker is not None:
+            worker.terminate()  # running jobs checkpoint and go back to the queue
+            try:
+                worker.wait(150)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def _start_worker(settings: Any) -> subprocess.Popen:
+    """One job worker per ``convtune serve`` (not per uvicorn worker process)."""
+    cmd = [sys.executable, "-m", "convtune.cli", "worker", "--database-url", settings.jobs_url,
+           "--jobs-per-tenant", str(settings.jobs_per_tenant)]
+    from convtune.jobs.worker import die_with_parent
+
+    return subprocess.Popen(cmd, env={**os.environ, "CONVTUNE_HOME": str(settings.home)},
+                            preexec_fn=die_with_parent)
+
+
+def _serve(uvicorn: Any, settings: Any) -> None:
     uvicorn.run(
         "serve.app:app_from_env",
         factory=True,
@@ -27,4 +53,3 @@ def run(flags: dict[str, Any]) -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         log_level="info",
     )
-    return 0

@@ -95,6 +95,13 @@ def from_exception(exc: Exception) -> APIError:
             code={404: "unknown_url", 405: "method_not_allowed"}.get(status),
             headers=dict(exc.headers or {}),
         )
+    from convtune.jobs.files import FileTooLarge
+    from convtune.jobs.service import JobError
+
+    if isinstance(exc, JobError):
+        return APIError(exc.status, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, FileTooLarge):
+        return APIError(413, str(exc), param="file", code="file_too_large")
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, DataValidationError):

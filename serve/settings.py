@@ -53,6 +53,13 @@ class ServerSettings(BaseModel):
     embed_max_input_tokens: int = Field(8192, ge=1)
     embed_max_total_tokens: int = Field(300_000, ge=1)
     retrieval_max_k: int = Field(16, ge=1)
+    # fine-tuning jobs
+    database_url: str | None = Field(
+        None, description="jobs/files metadata: sqlite:///... (default: HOME/jobs.sqlite) or postgresql+psycopg://..."
+    )
+    files_max_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest training-file upload")
+    worker: bool = Field(True, description="convtune serve also starts a job worker (convtune worker)")
+    jobs_per_tenant: int = Field(1, ge=1, description="running fine-tuning jobs per tenant")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
@@ -66,6 +73,12 @@ class ServerSettings(BaseModel):
     @property
     def db_path(self) -> Path:
         return self.home / "server.sqlite"
+
+    @property
+    def jobs_url(self) -> str:
+        from convtune.jobs.db import default_url
+
+        return self.database_url or default_url(self.home)
 
 
 def load_settings(

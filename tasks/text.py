@@ -61,3 +61,22 @@ class SummaryTask(TextTask):
             "summary",
             "Summarize the conversation in 1-3 factual sentences: the customer's issue and the outcome.",
         )
+
+
+class ChatTask(TextTask):
+    """Chat-format training: the model learns every agent (assistant) turn of a conversation,
+    given the turns before it (uploads in OpenAI chat format, or conversations without labels).
+    Training renders it with :meth:`convtune.renderer.Renderer.conversation_chat`, alone in
+    its example; it has no gold answer to evaluate against a prompt."""
+
+    chat = True
+
+    def __init__(self) -> None:
+        super().__init__("chat", "Continue the conversation as the agent.")
+
+    def has_label(self, conv: Any) -> bool:
+        roles = [t.role.value == "agent" for t in conv.turns]
+        return any(a and not all(roles[:i]) for i, a in enumerate(roles))  # an agent turn after a user turn
+
+    def gold(self, conv: Any) -> Any:
+        return next((t.text for t in reversed(conv.turns) if t.role.value == "agent"), None)

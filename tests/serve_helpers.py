@@ -78,7 +78,8 @@ def make_server(tiny_model_dir: Path, home: Path, runs: dict[str, Path], **setti
     model, tok = load_model(str(tiny_model_dir), device="cpu")
     ctx = build_context(s, model=model, tokenizer=tok)
     acme, globex = ctx.keys.create("acme"), ctx.keys.create("globex")
-    ctx.models.add("acme", "alpha", runs["alpha"])
-    ctx.models.add("acme", "beta", runs["beta"])
-    ctx.models.add("globex", "gamma", runs["alpha"])
+    if runs:
+        ctx.models.add("acme", "alpha", runs["alpha"])
+        ctx.models.add("acme", "beta", runs["beta"])
+        ctx.models.add("globex", "gamma", runs["alpha"])
     return Server(create_app(context=ctx), ctx, acme, globex)

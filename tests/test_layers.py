@@ -20,6 +20,7 @@ RANKS: dict[str, int] = {
     "convtune.training": 2,
     "convtune.evaluation": 2,
     "rlhf": 3,
+    "convtune.jobs": 3,  # files, job queue, worker, job runner (trains via convtune.training)
     "convtune.cli": 4,
     "convtune.server_cli": 4,  # keys, models, serve (hands serve its flags by module name)
     "serve": 5,

@@ -99,6 +99,14 @@ def _histories(log_history: list[dict[str, Any]]) -> tuple[list[list[float]], li
     return train, evals
 
 
+def write_serving_files(run: Path, cfg: TrainConfig, *, tokenizer: Any, renderer: Any,
+                        tasks: list[Any]) -> None:
+    """Tokenizer and tasks.json at the start of a run, so any complete checkpoint's adapter can be
+    served with them while training goes on (the jobs API exposes checkpoints as models)."""
+    _save_tokenizer(tokenizer, run)
+    write_json_atomic(run / "tasks.json", tasks_payload(tasks, renderer, cfg))
+
+
 def finalize_run_dir(run: Path, cfg: TrainConfig, *, trainer: Any, tokenizer: Any, renderer: Any,
                      tasks: list[Any], counters: Any, plan: dict[str, Any], resumed_from: int | None,
                      device: str, dtype: str, wall_seconds: float, trainable_params: int,

@@ -110,6 +110,9 @@ class ExampleBuilder:
 
     def build(self, conv: Conversation, tasks: Sequence[Any], stats: FitStats,
               context: Sequence[ContextChunk] = ()) -> Example | None:
+        chat = [t for t in tasks if getattr(t, "chat", False)]
+        if chat:
+            return self._build_chat(conv, chat[0], stats)
         turns = [TaskTurn(t.instruction, t.render_target(t.gold(conv))) for t in tasks]
         kept = list(tasks)
         enc, shortened = self._encode_fitting(conv, turns, context)
@@ -132,6 +135,32 @@ class ExampleBuilder:
         stats.omitted_turns_examples += int(enc.omitted_turns > 0)
         return Example(conv.id, [t.name for t in kept], enc.input_ids, enc.loss_mask,
                        shortened=shortened, omitted_turns=enc.omitted_turns > 0)
+
+
+    def _build_chat(self, conv: Conversation, task: Any, stats: FitStats) -> Example | None:
+        """Chat-format example: loss on every assistant (agent) message; when too long, the
+        oldest exchanges go first (the system message stays)."""
+        msgs = self.renderer.conversation_chat(conv)
+        system = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
+        body = msgs[len(system):]
+        enc = self.renderer.encode_chat(system + body, add_generation_prompt=False)
+        dropped = False
+        while len(enc) > self.max_seq_len and len(body) > 2:
+            body = body[2:]  # one user + assistant exchange
+            dropped = True
+            enc = self.renderer.encode_chat(system + body, add_generation_prompt=False)
+        if len(enc) > self.max_seq_len or not any(enc.loss_mask):
+            stats.dropped_examples += 1
+            stats.dropped_pairs += 1
+            return None
+        stats.examples += 1
+        stats.pairs += 1
+        stats.tokens += len(enc)
+        stats.answer_tokens += sum(enc.loss_mask)
+        stats.longest = max(stats.longest, len(enc))
+        stats.pairs_per_task.update([task.name])
+        stats.omitted_turns_examples += int(dropped)
+        return Example(conv.id, [task.name], enc.input_ids, enc.loss_mask, omitted_turns=dropped)
 
 
 def labelled_tasks(conv: Conversation, tasks: Sequence[Any], weights: dict[str, float]) -> list[Any]:

@@ -37,6 +37,7 @@ from convtune.training.artifacts import (
     CHECKPOINTS,
     finalize_run_dir,
     write_config,
+    write_serving_files,
 )
 from convtune.training.config import TrainConfig, TrainConfigError, check_config, check_run_dir
 from convtune.training.dataset import (
@@ -432,7 +433,8 @@ class _SignalGuard:
 
 
 def _build_trainer(prep: PreparedRun, ckpt_dir: Path, device: str, dtype: Any, bf16: bool, fp16: bool,
-                   counters: Any, flag: Any, progress: bool) -> tuple[Any, int, int]:
+                   counters: Any, flag: Any, progress: bool,
+                   extra_callbacks: Sequence[Any] = ()) -> tuple[Any, int, int]:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from transformers.trainer_callback import PrinterCallback
@@ -465,9 +467,12 @@ def _build_trainer(prep: PreparedRun, ckpt_dir: Path, device: str, dtype: Any, b
         callbacks=[ThroughputCallback(counters),
                    CompleteCheckpointCallback(counters, cfg.output.max_checkpoints,
                                               {"stream": prep.stream.fingerprint()}),
-                   InterruptCallback(flag)],
+                   InterruptCallback(flag), *extra_callbacks],
     )
     trainer.convtune_counters = counters
+    for cb in extra_callbacks:  # e.g. the jobs runner reports tokens/s from the run's counters
+        if hasattr(cb, "bind_counters"):
+            cb.bind_counters(counters)
     trainer.remove_callback(PrinterCallback)  # our ProgressCallback replaces both
     trainer.remove_callback(HFProgressCallback)
     if progress:
@@ -488,6 +493,7 @@ def train(
     tasks: Sequence[Any] | None = None,
     progress: bool = False,
     report: Reporter | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> RunResult:
     """Train a LoRA adapter on the config's data and tasks; write the run directory.
 
@@ -498,6 +504,9 @@ def train(
         tasks: the catalogue ``config.tasks.names`` selects from, instead of the task registry.
         progress: show a progress bar (a terminal) or progress lines (otherwise) on stderr.
         report: where one-line status messages go (default: the module logger).
+        callbacks: extra ``transformers.TrainerCallback`` objects, run after convtune's own (so a
+            checkpoint is marked complete before they see its ``on_save``), e.g. the jobs runner's
+            event and checkpoint publisher.
 
     Raises:
         TrainConfigError / DataValidationError: before any weights are loaded.
@@ -526,6 +535,7 @@ def train(
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     write_config(run, cfg)
+    write_serving_files(run, cfg, tokenizer=prep.tokenizer, renderer=prep.renderer, tasks=prep.tasks)
     ckpt_dir = run / CHECKPOINTS
 
     from convtune.training.callbacks import InterruptFlag, RunCounters
@@ -553,7 +563,7 @@ def train(
     flag = InterruptFlag()
     with _QuietLibraries():
         trainer, trainable, total = _build_trainer(prep, ckpt_dir, device, dtype, bf16, fp16, counters, flag,
-                                                   progress)
+                                                   progress, callbacks)
         say(f"model {cfg.model.name} on {device} ({str(dtype).replace('torch.', '')}); LoRA r={cfg.lora.r}: "
             f"{trainable:,} trainable of {total:,} parameters; run dir {run}")
         with _SignalGuard(flag, say):

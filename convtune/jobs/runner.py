@@ -1,0 +1,281 @@
+"""One fine-tuning job in its own process: ``python -m convtune.jobs.runner --db URL --home DIR JOB_ID``.
+
+Started by the worker. It beats a heartbeat into the job row, trains with
+:func:`convtune.training.train` (resuming from the run's newest complete
+checkpoint when there is one), publishes events (step, loss, tokens/s, eval
+loss) and every complete checkpoint as a servable model, and ends the job:
+
+* finished -> the run is registered as the tenant's model ``ft:...`` (usable at once);
+* SIGTERM (the worker: cancel, pause or its own shutdown) -> a checkpoint is saved and
+  the job becomes cancelled, paused, or queued again;
+* bad data or configuration -> failed, with the reason; a crash -> failed (exit 1).
+
+A process killed outright (``kill -9``, OOM, the machine) stops beating; the
+worker then queues the job again and it resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from convtune.jobs.db import JobsDB
+from convtune.jobs.files import processed_path
+from convtune.jobs.service import BASE_LR, fine_tuned_model_id, run_dir
+
+log = logging.getLogger("convtune.jobs")
+HEARTBEAT_S = float(os.environ.get("CONVTUNE_JOB_HEARTBEAT_S", "2"))
+
+
+def build_config(db: JobsDB, job: dict[str, Any], home: Path) -> tuple[Any, list[Any] | None]:
+    """The job as a training config (+ the task catalogue for chat files)."""
+    from convtune.training.config import TrainConfig
+
+    hp = job["hyperparameters"]
+    tenant = job["tenant"]
+    train_file = processed_path(home, tenant, job["training_file"])
+    val_file = processed_path(home, tenant, job["validation_file"]) if job["validation_file"] else None
+    chat = (db.get_file(tenant, job["training_file"]) or {}).get("kind") == "chat"
+    catalogue = None
+    if chat:
+        from tasks.text import ChatTask
+
+        catalogue, names = [ChatTask()], ["chat"]
+    else:
+        names = hp.get("tasks") or _labelled(train_file)
+    train: dict[str, Any] = {
+        "epochs": hp["n_epochs"],
+        "batch_size": 1,
+        "grad_accum": hp["batch_size"],
+        "lr": BASE_LR * hp["learning_rate_multiplier"],
+        "seed": job["seed"],
+        "device": "auto",
+        "log_every": 1,
+        "eval_every": 0,
+        "save_every": hp.get("save_every", 50),
+        "max_seq_len": 1024,
+    }
+    if hp.get("max_steps"):
+        train["max_steps"] = hp["max_steps"]
+    cfg = TrainConfig.model_validate(
+        {
+            "model": {"name": hp["base"]},
+            "data": {
+                "train": str(train_file),
+                "validation": str(val_file) if val_file else None,
+                "validation_fraction": 0.0,
+                "format": "convtune",
+                "validation_format": "convtune" if val_file else None,
+            },
+            "tasks": {"names": names},
+            "lora": {"r": hp.get("lora_r", 16), "alpha": 2 * hp.get("lora_r", 16)},
+            "train": train,
+            "output": {"dir": str(run_dir(home, job) / "run"), "max_checkpoints": 2},
+        }
+    )
+    return cfg, catalogue
+
+
+def _labelled(path: Path) -> list[str]:
+    from convtune.data import load_conversations
+
+    _, convs = load_conversations(path, "convtune")
+    seen: dict[str, None] = {}
+    for c in convs:
+        for name, value in c.labels.items():
+            if value is not None:
+                seen.setdefault(name, None)
+    return list(seen)
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, db: JobsDB, job_id: str):
+        super().__init__(daemon=True, name="convtune-heartbeat")
+        self.db, self.job_id = db, job_id
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.db.update_job(self.job_id, where_status=["running"], heartbeat_at=time.time())
+            except Exception:  # a locked or briefly unreachable database: the next beat retries
+                log.warning("heartbeat failed", exc_info=True)
+
+
+def _publisher(db: JobsDB, job: dict[str, Any], home: Path) -> Any:
+    """A TrainerCallback writing metrics events and publishing complete checkpoints."""
+    from transformers import TrainerCallback
+
+    from convtune.tenancy import ModelStore
+    from convtune.training import checkpoints as ckpt
+
+    store = ModelStore(home)
+    ft = fine_tuned_model_id(job)
+
+    class Publisher(TrainerCallback):
+        counters: Any = None  # the run's RunCounters (train() binds them): tokens and step time
+
+        def bind_counters(self, counters: Any) -> None:
+            self.counters = counters
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            if "loss" not in logs and "eval_loss" not in logs:
+                return  # the end-of-training summary repeats the last step
+            data: dict[str, Any] = {"step": state.global_step, "total_steps": state.max_steps}
+            if "loss" in logs:
+                data["train_loss"] = round(float(logs["loss"]), 5)
+            if "eval_loss" in logs:
+                data["valid_loss"] = round(float(logs["eval_loss"]), 5)
+            if "learning_rate" in logs:
+                data["learning_rate"] = float(logs["learning_rate"])
+            counters = self.counters
+            if counters is not None and counters.session_step_seconds > 0:
+                data["tokens_per_second"] = round(counters.session_rate(), 1)
+                data["trained_tokens"] = counters.tokens
+            loss = data.get("train_loss", data.get("valid_loss"))
+            db.add_event(
+                job["id"],
+                f"Step {state.global_step}/{state.max_steps}: loss={loss}",
+                type="metrics",
+                data=data,
+            )
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not (folder.is_dir() and ckpt.read_marker(folder)):
+                return
+            run = Path(args.output_dir).parent
+            model_id = f"{ft}:ckpt-step-{state.global_step}"
+            staged = run / f".serve-{state.global_step}"
+            shutil.rmtree(staged, ignore_errors=True)
+            (staged / "adapter").mkdir(parents=True)
+            for name in ("adapter_model.safetensors", "adapter_config.json"):
+                shutil.copy2(folder / name, staged / "adapter" / name)
+            shutil.copytree(run / "tokenizer", staged / "tokenizer")
+            for name in ("config.json", "tasks.json"):
+                shutil.copy2(run / name, staged / name)
+            (staged / "metrics.json").write_text("{}")
+            store.add(job["tenant"], model_id, staged, replace=True)
+            shutil.rmtree(staged, ignore_errors=True)
+            last = next((h for h in reversed(state.log_history) if "loss" in h), {})
+            metrics = {"train_loss": round(float(last["loss"]), 5)} if "loss" in last else {}
+            db.add_checkpoint(job["id"], state.global_step, model_id, metrics)
+            db.add_event(job["id"], f"Checkpoint at step {state.global_step}: servable as {model_id}")
+
+    return Publisher()
+
+
+def run_job(db: JobsDB, home: Path, job_id: str) -> int:
+    """Train one claimed job to its end state. Returns the process exit code."""
+    job = db.get_job(job_id)
+    if job is None or job["status"] != "running":
+        log.error("job %s is not running (%s)", job_id, job and job["status"])
+        return 2
+    db.update_job(job_id, pid=os.getpid(), heartbeat_at=time.time())
+    beat = _Heartbeat(db, job_id)
+    beat.start()  # before the heavy imports: loading torch must not look like a dead job
+
+    from convtune.errors import ConvtuneError
+    from convtune.tenancy import ModelStore
+    from convtune.training.checkpoints import newest_complete
+    from convtune.training.trainer import TrainingInterrupted, train
+
+    try:
+        cfg, catalogue = build_config(db, job, home)
+        resume = newest_complete(cfg.run_dir / "checkpoints") is not None if cfg.run_dir.exists() else False
+        if resume:
+            db.add_event(
+                job_id, f"Resuming from the newest complete checkpoint (attempt {job['attempts'] + 1})"
+            )
+        else:
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a half-started run with no checkpoint
+            db.add_event(job_id, "Training started")
+        result = train(
+            cfg,
+            resume=resume,
+            tasks=catalogue,
+            callbacks=[_publisher(db, job, home)],
+            report=lambda msg: log.info("%s: %s", job_id, msg),
+        )
+    except TrainingInterrupted:
+        requested = (db.get_job(job_id) or {}).get("requested")
+        status = {"cancel": "cancelled", "pause": "paused"}.get(requested, "queued")
+        db.update_job(
+            job_id,
+            where_status=["running"],
+            status=status,
+            requested=None,
+            pid=None,
+            finished_at=int(time.time()) if status == "cancelled" else None,
+        )
+        db.add_event(
+            job_id,
+            {
+                "cancelled": "Job cancelled",
+                "paused": "Job paused at a checkpoint",
+                "queued": "Worker stopping: job queued to resume from its checkpoint",
+            }[status],
+        )
+        return 0
+    except ConvtuneError as exc:
+        _fail(db, job_id, "invalid_training_setup", str(exc))
+        return 0
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        _fail(db, job_id, "internal_error", f"training failed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        beat.stop.set()
+    ft = fine_tuned_model_id(job)
+    ModelStore(home).add(job["tenant"], ft, result.run_dir, replace=True)
+    db.update_job(
+        job_id,
+        where_status=["running"],
+        status="succeeded",
+        fine_tuned_model=ft,
+        pid=None,
+        trained_tokens=int(result.metrics.get("tokens") or 0),
+        finished_at=int(time.time()),
+        requested=None,
+    )
+    db.add_event(
+        job_id,
+        f"The job has successfully completed: {ft} "
+        f"({result.steps} steps, final train loss {result.metrics.get('final_train_loss')})",
+        data={"step": result.steps, "train_loss": result.metrics.get("final_train_loss")},
+    )
+    return 0
+
+
+def _fail(db: JobsDB, job_id: str, code: str, message: str) -> None:
+    db.update_job(
+        job_id,
+        where_status=["running"],
+        status="failed",
+        pid=None,
+        finished_at=int(time.time()),
+        error={"code": code, "message": message[:2000], "param": None},
+    )
+    db.add_event(job_id, f"Job failed: {message[:500]}", level="error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m convtune.jobs.runner", description=__doc__.splitlines()[0])
+    ap.add_argument("job_id")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--home", required=True, type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    return run_job(JobsDB(args.db), args.home, args.job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
