@@ -126,6 +126,7 @@ def test_cancel_stops_a_running_job_and_list_paginates(server, tmp_path):
         180,
         "training steps",
     )
+    assert oai.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=4).choices  # serving
     assert oai.fine_tuning.jobs.retrieve(queued.id).status == "queued"  # one running job per tenant
     assert oai.fine_tuning.jobs.cancel(queued.id).status == "cancelled"  # never started
     oai.fine_tuning.jobs.cancel(running.id)
@@ -166,6 +167,100 @@ def test_malformed_upload_lists_every_problem_and_starts_no_job(server, tmp_path
     with pytest.raises(openai.BadRequestError) as err:
         oai.fine_tuning.jobs.create(training_file=f.id, model="gpt-4o")
     assert err.value.body["param"] == "model"
+
+
+def test_chat_format_upload_trains_the_assistant_turns(server, tmp_path):
+    oai = client_for(server, server.acme)
+    chats = [
+        {
+            "messages": [
+                {"role": "system", "content": "You are Kestrel Mobile support."},
+                {"role": "user", "content": f"My bill went up by {n} dollars, why?"},
+                {"role": "assistant", "content": "Let me check the charges on your account."},
+                {"role": "user", "content": "Thanks."},
+                {"role": "assistant", "content": "A roaming pass was added; I have refunded it."},
+            ]
+        }
+        for n in (5, 10, 20)
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in chats))
+    with open(path, "rb") as fh:
+        f = oai.files.create(file=fh, purpose="fine-tune")
+    assert f.status == "processed" and f.model_extra["kind"] == "chat"
+    job = oai.fine_tuning.jobs.create(training_file=f.id, model="tiny-base", suffix="chat", method=SUPERVISED)
+    done = wait_for(
+        lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+        240,
+        "the chat job",
+    )
+    assert done.status == "succeeded", done.error
+    out = oai.chat.completions.create(model=done.fine_tuned_model, messages=HELLO, max_tokens=4)
+    assert out.choices[0].message.content
+
+
+def test_pause_resume_and_preference_files(server, tmp_path):
+    oai = client_for(server, server.acme)
+    good = {
+        "input": {"messages": [{"role": "user", "content": "Summarize: card 4111 1111 1111 1111 declined."}]},
+        "preferred_output": [{"role": "assistant", "content": "The customer's card was declined."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Card declined."}],
+    }
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(good) + "\n")
+    with open(path, "rb") as fh:
+        pref = oai.files.create(file=fh, purpose="fine-tune")
+    assert pref.status == "processed" and pref.model_extra["kind"] == "preference"
+    assert "4111" not in server.client.get(f"/v1/files/{pref.id}/content", headers=_auth(server.acme)).text
+    bad = [
+        {**good, "preferred_output": [{"role": "user", "content": "x"}]},
+        {**good, "non_preferred_output": good["preferred_output"]},
+        {"input": {}},
+    ]
+    path.write_text("".join(json.dumps(b) + "\n" for b in bad))
+    with open(path, "rb") as fh:
+        broken = oai.files.create(file=fh, purpose="fine-tune")
+    assert broken.status == "error"
+    for where in (
+        "prefs.jsonl:1 [preferred_output.0.role]",
+        "prefs.jsonl:2 [non_preferred_output]",
+        "prefs.jsonl:3 [input.messages]",
+        "prefs.jsonl:3 [preferred_output]",
+    ):
+        assert where in broken.status_details, broken.status_details
+    with pytest.raises(openai.BadRequestError) as err:  # DPO is not available yet: said, not ignored
+        oai.fine_tuning.jobs.create(training_file=pref.id, model="tiny-base", method={"type": "dpo"})
+    assert err.value.body["param"] == "method.type"
+    with open(small_file(tmp_path, 2), "rb") as fh:
+        f = oai.files.create(file=fh, purpose="fine-tune")
+    with _held_worker(server):  # the worker must not take the job while it is paused and resumed
+        job = oai.fine_tuning.jobs.create(training_file=f.id, model="tiny-base", method=SUPERVISED)
+        assert (
+            server.client.post(f"/v1/fine_tuning/jobs/{job.id}/pause", headers=_auth(server.acme)).json()[
+                "status"
+            ]
+            == "paused"
+        )
+        r = server.client.post(f"/v1/fine_tuning/jobs/{job.id}/pause", headers=_auth(server.acme))
+        assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_state"
+        r = server.client.post(f"/v1/fine_tuning/jobs/{job.id}/resume", headers=_auth(server.acme))
+        assert r.json()["status"] == "queued"
+        assert oai.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+
+
+class _held_worker:
+    """Stop the module's worker from claiming jobs inside the block."""
+
+    def __init__(self, server):
+        self.db = server.ctx.jobs_db
+        self.claim = self.db.claim
+
+    def __enter__(self):
+        self.db.claim = lambda *a, **k: None
+        return self
+
+    def __exit__(self, *exc):
+        self.db.claim = self.claim
 
 
 def test_another_tenants_files_jobs_and_models_are_404(server, tmp_path):

@@ -115,7 +115,7 @@ def store_upload(
     try:
         kind, fmt, records, info = _process(raw, folder / "processed.jsonl", mapping)
     except DataValidationError as exc:
-        details = exc.report().replace(str(raw), name)
+        details = exc.report().replace(str(raw), name).replace(raw.name, name)  # the user's file name
         problems = [{"line": p.line, "field": p.field, "message": p.message} for p in exc.problems]
         db.update_file(file_id, status="error", status_details=details, info={"problems": problems})
     except ConvtuneError as exc:  # undetectable format, bad mapping

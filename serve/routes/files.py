@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from convtune.jobs.files import PURPOSES, file_dir, file_object, processed_path, store_upload
@@ -22,26 +22,20 @@ router = APIRouter(tags=["files"])
 
 
 @router.post("/v1/files")
-async def create_file(request: Request) -> dict[str, Any]:
+async def create_file(
+    request: Request,
+    file: UploadFile = File(description="the training file (JSONL or CSV)"),
+    purpose: str = Form(description="fine-tune"),
+    mapping: str | None = Form(None, max_length=2000,
+                               description="convtune: CSV column mapping, e.g. text=utterance,speaker=role"),
+) -> dict[str, Any]:
     ctx = ctx_of(request)
-    form = await request.form(max_files=1, max_fields=8)
-    try:
-        upload = form.get("file")
-        purpose = form.get("purpose")
-        mapping = form.get("mapping")  # convtune extension: CSV column mapping, e.g. "text=utterance"
-        if upload is None or isinstance(upload, str):
-            raise invalid("file", "send the file as multipart form field 'file'")
-        if purpose not in PURPOSES:
-            raise invalid("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
-        if mapping is not None and (not isinstance(mapping, str) or len(mapping) > 2000):
-            raise invalid("mapping", "mapping must be a short text such as 'text=utterance,speaker=role'")
-        tenant = tenant_of(request)
-        row = await asyncio.to_thread(
-            store_upload, ctx.jobs_db, ctx.settings.home, tenant, upload.filename or "upload.jsonl", purpose,
-            upload.file, max_bytes=ctx.settings.files_max_bytes, mapping=mapping,
-        )
-    finally:
-        await form.close()
+    if purpose not in PURPOSES:
+        raise invalid("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
+    row = await asyncio.to_thread(
+        store_upload, ctx.jobs_db, ctx.settings.home, tenant_of(request), file.filename or "upload.jsonl",
+        purpose, file.file, max_bytes=ctx.settings.files_max_bytes, mapping=mapping,
+    )
     return file_object(row)
 
 
