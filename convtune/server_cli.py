@@ -1,4 +1,4 @@
-"""``convtune keys``, ``convtune models``, ``convtune serve`` and ``convtune worker``.
+"""``convtune keys``, ``convtune models``, ``convtune serve``, ``convtune worker``, ``convtune feedback``.
 
 Keys and registered models live in ``$CONVTUNE_HOME`` (see
 :mod:`convtune.tenancy`). ``convtune serve`` hands its flags to the server
@@ -98,6 +98,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from convtune.jobs.db import JobsDB, default_url
+    from convtune.tenancy import check_tenant
+    from rlhf.feedback import export
+
+    check_tenant(args.tenant)
+    pairs, kto = export(JobsDB(args.database_url or default_url(_home())), args.tenant)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("preferences.jsonl", pairs), ("kto.jsonl", kto)):
+        tmp = args.out / f".{name}.tmp"
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(args.out / name)
+    print(f"{len(pairs)} preference pairs -> {args.out / 'preferences.jsonl'}; "
+          f"{len(kto)} KTO examples -> {args.out / 'kto.jsonl'}")
+    return 0
+
+
 def add_server_parsers(sub: Any) -> None:
     keys = sub.add_parser("keys", help="API keys of tenants (stored hashed)")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -157,3 +174,11 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--stale-s", type=float, default=30.0,
                    help="a running job without a heartbeat this long is resumed elsewhere (default 30 s)")
     p.set_defaults(func=cmd_worker)
+
+    fb = sub.add_parser("feedback", help="users' feedback on served generations")
+    fsub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    p = fsub.add_parser("export", help="a tenant's feedback as preference pairs (DPO) and KTO labels")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for preferences.jsonl and kto.jsonl")
+    p.add_argument("--database-url", help="default: sqlite:///HOME/jobs.sqlite")
+    p.set_defaults(func=cmd_feedback_export)

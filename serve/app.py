@@ -131,9 +131,9 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
     app.add_middleware(_Gate)
     app.add_middleware(_BodyLimit)  # outermost: counts bytes however the body is sent
 
-    from serve.routes import analyze, files, health, jobs, nebula, openai_api, retrieval
+    from serve.routes import analyze, feedback, files, health, jobs, nebula, openai_api, retrieval
 
-    for module in (health, openai_api, nebula, analyze, retrieval, files, jobs):
+    for module in (health, openai_api, nebula, analyze, retrieval, files, jobs, feedback):
         app.include_router(module.router)
     return app
 

@@ -263,3 +263,16 @@ async def retrieve(request: Request, spec: RetrievalSpec | None, query: str) -> 
             coll.close()
 
     return await asyncio.to_thread(run)
+
+
+def keep_generation(request: Request, response_id: str, model: str, messages: list[dict[str, str]],
+                    outputs: list[str] | dict[str, str], task: str | None = None) -> None:
+    """Keep a returned generation (PII-redacted) so ``POST /v1/feedback`` can refer to it."""
+    ctx = ctx_of(request)
+    days = ctx.settings.feedback_retention_days
+    if days <= 0:
+        return
+    from rlhf.feedback import record_generation
+
+    record_generation(ctx.jobs_db, tenant_of(request), response_id, model, messages, outputs, task=task,
+                      retention_days=days)

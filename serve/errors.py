@@ -98,6 +98,11 @@ def from_exception(exc: Exception) -> APIError:
     from convtune.jobs.files import FileTooLarge
     from convtune.jobs.service import JobError
 
+    from rlhf.feedback import FeedbackError
+
+    if isinstance(exc, FeedbackError):
+        return APIError(exc.status, str(exc), param=exc.param,
+                        code="response_not_found" if exc.status == 404 else "invalid_value")
     if isinstance(exc, JobError):
         return APIError(exc.status, str(exc), param=exc.param, code=exc.code)
     if isinstance(exc, FileTooLarge):

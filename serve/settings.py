@@ -60,6 +60,9 @@ class ServerSettings(BaseModel):
     files_max_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest training-file upload")
     worker: bool = Field(True, description="convtune serve also starts a job worker (convtune worker)")
     jobs_per_tenant: int = Field(1, ge=1, description="running fine-tuning jobs per tenant")
+    feedback_retention_days: float = Field(
+        30.0, ge=0, description="keep returned generations (redacted) this long for feedback (0: never)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:

@@ -1,4 +1,5 @@
-"""The metadata database of files, fine-tuning jobs, their events and checkpoints.
+"""The metadata database: files, fine-tuning jobs, their events and checkpoints, and the
+generations the server returned with the feedback users gave on them.
 
 One schema in SQLAlchemy Core, so the same code runs on SQLite (the default,
 ``sqlite:///$CONVTUNE_HOME/jobs.sqlite``) and PostgreSQL
@@ -111,6 +112,35 @@ checkpoints = Table(
     Column("step", Integer, nullable=False),
     Column("metrics", JSON),
     Column("model_id", String(200), nullable=False),
+)
+
+generations = Table(
+    "generations",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the response id the client got (chatcmpl-..., analysis-...)
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("model", String(200), nullable=False),
+    Column("task", String(64)),  # None: free chat/generate; else the conversation task
+    Column("prompt", JSON, nullable=False),  # chat messages, PII-redacted
+    Column("outputs", JSON, nullable=False),  # one text per choice (analyze: one per task), redacted
+    Column("prompt_hash", String(64), nullable=False, index=True),  # same prompt -> same hash (pairing)
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False, index=True),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(48), nullable=False, unique=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("response_id", String(64), nullable=False, index=True),
+    Column("choice", String(64), nullable=False),  # choice index, or the task name (analyze)
+    Column("kind", String(16), nullable=False),  # thumbs | rating | correction | preference
+    Column("value", JSON),  # true/false, 1-5, corrected text
+    Column("other_response_id", String(64)),  # preference: the response it was preferred over
+    Column("other_choice", String(64)),
+    Column("created_at", Integer, nullable=False),
 )
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
@@ -325,6 +355,41 @@ class JobsDB:
             rows = c.execute(q.order_by(table.c.seq.desc()).limit(limit + 1)).all()
         out = [dict(r._mapping) for r in rows]
         return out[:limit], len(out) > limit
+
+
+    # ---- kept generations and feedback on them (rlhf.feedback) ------------------------------------
+
+    def add_generation(self, row: dict[str, Any]) -> None:
+        with self.tx() as c:
+            c.execute(generations.delete().where(generations.c.expires_at < int(time.time())))  # retention
+            c.execute(insert(generations).values(**row))
+
+    def get_generation(self, tenant: str, response_id: str) -> dict[str, Any] | None:
+        with self.tx() as c:
+            row = c.execute(
+                select(generations).where(
+                    generations.c.id == response_id,
+                    generations.c.tenant == tenant,
+                    generations.c.expires_at >= int(time.time()),
+                )
+            ).first()
+        return dict(row._mapping) if row else None
+
+    def add_feedback(self, row: dict[str, Any]) -> None:
+        with self.tx() as c:
+            c.execute(insert(feedback).values(**row))
+
+    def tenant_feedback(self, tenant: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every feedback row of a tenant with its (unexpired) generation, oldest first."""
+        with self.tx() as c:
+            rows = c.execute(
+                select(feedback, generations.c.prompt, generations.c.outputs, generations.c.prompt_hash,
+                       generations.c.model, generations.c.task)
+                .join(generations, generations.c.id == feedback.c.response_id)
+                .where(feedback.c.tenant == tenant, generations.c.expires_at >= int(time.time()))
+                .order_by(feedback.c.seq)
+            ).all()
+        return [dict(r._mapping) for r in rows]
 
 
 def _engine(url: str) -> Engine:

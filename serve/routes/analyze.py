@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 
 from convtune.attribution import evidence, split_sentences
 from convtune.errors import ConfigError
-from serve.bridge import ctx_of, resolve_model, tenant_of
+from serve.bridge import ctx_of, keep_generation, resolve_model, tenant_of
 from serve.errors import APIError, invalid
 from serve.protocol import AnalyzeRequest
 
@@ -152,10 +152,15 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         prompt_tokens += answer.computed_prompt_tokens
         completion_tokens += len(answer.token_ids)
     tenant = tenant_of(request)
+    analysis_id = f"analysis-{uuid.uuid4().hex[:16]}"
+    transcript = "\n".join(f"{t.speaker}: {t.text}" for t in conv.turns)
+    prompt = [{"role": "user", "content": transcript}]
+    outputs = {a.task: a.text for a in run.answers}
+    await asyncio.to_thread(keep_generation, request, analysis_id, ref.id, prompt, outputs, "analyze")
     ctx.metrics.tokens.labels("prompt", tenant).inc(prompt_tokens)
     ctx.metrics.tokens.labels("completion", tenant).inc(completion_tokens)
     return {
-        "id": f"analysis-{uuid.uuid4().hex[:16]}",
+        "id": analysis_id,
         "object": "conversation.analysis",
         "model": ref.id,
         "created": int(time.time()),

@@ -21,6 +21,7 @@ from serve.bridge import (
     check_sampling,
     complete,
     ctx_of,
+    keep_generation,
     resolve_model,
     retrieve,
     stream,
@@ -117,12 +118,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     if body.stream:
         events = await stream(request, prompt, ref, sampling, body.n)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def keep(texts: list[str]) -> None:
+            keep_generation(request, cid, body.model, messages, texts)
+
         return StreamingResponse(
-            _sse_chat(events, cid, created, body.model, body.n, include_usage),
+            _sse_chat(events, cid, created, body.model, body.n, include_usage, keep),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
     results = await complete(request, prompt, ref, sampling, body.n)
+    await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [r.text for r in results])
     return {
         "id": cid,
         "object": "chat.completion",
@@ -158,6 +164,7 @@ async def _sse_chat(
     model: str,
     n: int,
     include_usage: bool,
+    keep: Any = None,
 ) -> AsyncIterator[str]:
     def chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> str:
         return _sse(
@@ -173,9 +180,11 @@ async def _sse_chat(
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""})
     prompt_tokens = completion_tokens = 0
+    texts = [""] * n
     try:
         async for i, ev in events:
             if ev.kind == "delta":
+                texts[i] += ev.text
                 yield chunk(i, {"content": ev.text})
             elif ev.kind == "done":
                 prompt_tokens = ev.prompt_tokens
@@ -205,6 +214,8 @@ async def _sse_chat(
             }
         )
     yield "data: [DONE]\n\n"
+    if keep is not None:  # finished normally: keep it for feedback (an aborted stream is not kept)
+        await asyncio.to_thread(keep, texts)
 
 
 # ---- embeddings ---------------------------------------------------------------------------------

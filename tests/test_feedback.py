@@ -1,0 +1,142 @@
+"""Feedback on served generations: capture, tenancy, restart survival, export to DPO/KTO data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .serve_helpers import make_server
+
+openai = pytest.importorskip("openai")
+
+ASK = [{"role": "user", "content": "My card 4111 1111 1111 1111 was charged twice. What now?"}]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("feedback-home")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, home):
+    from fastapi.testclient import TestClient
+
+    srv = make_server(tiny_model_dir, home, {})
+    with TestClient(srv.app) as client:
+        srv.client = client
+        yield srv
+
+
+def _auth(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _post(server, key, body):
+    return server.client.post("/v1/feedback", headers=_auth(key), json=body)
+
+
+def test_feedback_on_every_kind_of_response_and_export(server, home, tmp_path):
+    oai = openai.OpenAI(
+        base_url="http://testserver/v1", api_key=server.acme, http_client=server.client, max_retries=0
+    )
+    a = oai.chat.completions.create(
+        model="tiny-base", messages=ASK, max_tokens=6, n=2, temperature=1.0, seed=1
+    )
+    b = oai.chat.completions.create(model="tiny-base", messages=ASK, max_tokens=6, temperature=1.0, seed=9)
+    streamed = oai.chat.completions.create(model="tiny-base", messages=ASK, max_tokens=6, stream=True)
+    sid = [c.id for c in streamed][0]
+    conv = {
+        "messages": [
+            {"speaker": "Customer", "text": "Cancel my plan please."},
+            {"speaker": "Agent", "text": "Done, it ends today."},
+        ]
+    }
+    r = server.client.post(
+        "/v1/conversations/analyze",
+        headers=_auth(server.acme),
+        json={"conversation": conv, "tasks": ["summary", "intent"]},
+    )
+    analysis = r.json()["id"]
+    ok = [
+        {"response_id": a.id, "type": "thumbs", "value": True},
+        {"response_id": a.id, "choice": 1, "type": "thumbs", "value": False},
+        {"response_id": b.id, "type": "rating", "value": 2},
+        {"response_id": sid, "type": "correction", "value": "Your card ending <CREDIT_CARD> was refunded."},
+        {"response_id": b.id, "type": "preference", "other_response_id": a.id, "other_choice": 1},
+        {
+            "response_id": analysis,
+            "choice": "summary",
+            "type": "correction",
+            "value": "The customer cancelled the plan; it ends today.",
+        },
+    ]
+    for body in ok:
+        res = _post(server, server.acme, body)
+        assert res.status_code == 201, res.text
+        assert res.json()["object"] == "feedback"
+    bad = [
+        ({"response_id": "chatcmpl-nope", "type": "thumbs", "value": True}, 404, "response_id"),
+        ({"response_id": a.id, "type": "rating", "value": 9}, 400, "value"),
+        ({"response_id": a.id, "choice": 5, "type": "thumbs", "value": True}, 400, "choice"),
+        ({"response_id": a.id, "type": "preference"}, 400, "other_response_id"),
+        ({"response_id": a.id, "type": "preference", "other_response_id": "x"}, 404, "other_response_id"),
+    ]
+    for body, status, param in bad:
+        res = _post(server, server.acme, body)
+        assert res.status_code == status, (body, res.text)
+        if param:
+            assert res.json()["error"]["param"] == param
+    # another tenant's response id is not found
+    assert (
+        _post(server, server.globex, {"response_id": a.id, "type": "thumbs", "value": True}).status_code
+        == 404
+    )
+
+    from convtune.cli import main
+
+    out = tmp_path / "export"
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--tenant",
+                "acme",
+                "--out",
+                str(out),
+                "--database-url",
+                server.ctx.settings.jobs_url,
+            ]
+        )
+        == 0
+    )
+    pairs = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    kto = [json.loads(x) for x in (out / "kto.jsonl").read_text().splitlines()]
+    texts = {c.index: c.message.content for c in a.choices}
+    want = {  # (preferred, non-preferred)
+        (texts[0], texts[1]),  # up > down, same prompt
+        (texts[0], b.choices[0].message.content),  # up (5) > rating 2, same prompt
+        (b.choices[0].message.content, texts[1]),  # explicit preference
+    }
+    got = {(p["preferred_output"][0]["content"], p["non_preferred_output"][0]["content"]) for p in pairs}
+    assert want <= got
+    corrections = [p for p in pairs if "refunded" in p["preferred_output"][0]["content"]]
+    assert len(corrections) == 1 and "4111" not in json.dumps(pairs)  # prompts are stored redacted
+    summary = [p for p in pairs if "cancelled the plan" in p["preferred_output"][0]["content"]]
+    assert summary and "Summarize" in summary[0]["input"]["messages"][-1]["content"]  # the task's instruction
+    assert {(k["completion"][0]["content"], k["label"]) for k in kto} >= {(texts[0], True), (texts[1], False)}
+
+
+def test_feedback_survives_a_restart(server, tiny_model_dir, home):
+    from fastapi.testclient import TestClient
+
+    from convtune.jobs.db import JobsDB
+    from rlhf.feedback import export
+
+    before = export(JobsDB(server.ctx.settings.jobs_url), "acme")
+    again = make_server(tiny_model_dir, home, {})  # a new server process on the same home
+    with TestClient(again.app) as client:
+        ids = [x["id"] for x in client.get("/v1/models", headers=_auth(again.acme)).json()["data"]]
+        assert ids
+    assert export(again.ctx.jobs_db, "acme") == before and before[0]
