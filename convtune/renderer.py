@@ -322,6 +322,23 @@ class Renderer:
                 msgs.insert(0, {"role": "system", "content": note})
         return msgs
 
+    def preference_texts(self, messages: Sequence[dict[str, str]], chosen: str,
+                         rejected: str) -> tuple[str, str, str]:
+        """(prompt, chosen, rejected) as the exact text pieces training and serving tokenize:
+        the prompt up to the assistant header, each answer through its end-of-turn token
+        (what generation emits before it stops), for preference trainers that tokenize
+        prompt and answers separately, as this renderer does."""
+        msgs = self.chat_messages(messages)
+        prompt = "".join(text for text, _ in self._segments(msgs, add_generation_prompt=True))
+        answers = []
+        for answer in (chosen, rejected):
+            segs = self._segments([*msgs, {"role": "assistant", "content": answer}],
+                                  add_generation_prompt=False)
+            text = next(t for t, is_answer in reversed(segs) if is_answer)
+            eot = self.tokenizer.eos_token or ""
+            answers.append(text[: text.rindex(eot) + len(eot)] if eot and eot in text else text)
+        return prompt, answers[0], answers[1]
+
     @staticmethod
     def conversation_chat(conv: Conversation) -> list[dict[str, str]]:
         """A conversation as chat messages for chat-format training: the agent is the assistant,

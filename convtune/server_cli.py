@@ -115,6 +115,18 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from rlhf.align import AlignConfig, align
+
+    cfg = AlignConfig(run=args.run, data=args.data, out=args.out, method=args.method, beta=args.beta,
+                      epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size,
+                      seed=args.seed)
+    m = align(cfg)
+    print(f"{m['method']}: {m['steps']} steps on {m['examples']} examples, final loss {m['final_loss']}, "
+          f"reward accuracy {m['reward_accuracy']} -> {args.out}")
+    return 0
+
+
 def add_server_parsers(sub: Any) -> None:
     keys = sub.add_parser("keys", help="API keys of tenants (stored hashed)")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -174,6 +186,21 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--stale-s", type=float, default=30.0,
                    help="a running job without a heartbeat this long is resumed elsewhere (default 30 s)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("align", help="DPO or KTO on top of a finished SFT run (preference data)",
+                       description="Align a run's adapter with TRL DPO (preference pairs) or KTO (labelled "
+                       "outputs); the reference is the same adapter, frozen. Writes a new run directory.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="the SFT run to start from")
+    p.add_argument("--data", type=Path, required=True, help="preferences.jsonl (dpo) or kto.jsonl (kto)")
+    p.add_argument("--out", type=Path, required=True, help="the new run directory")
+    p.add_argument("--method", choices=("dpo", "kto"), default="dpo")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_align)
 
     fb = sub.add_parser("feedback", help="users' feedback on served generations")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")

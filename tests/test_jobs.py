@@ -228,9 +228,9 @@ def test_pause_resume_and_preference_files(server, tmp_path):
         "prefs.jsonl:3 [preferred_output]",
     ):
         assert where in broken.status_details, broken.status_details
-    with pytest.raises(openai.BadRequestError) as err:  # DPO is not available yet: said, not ignored
+    with pytest.raises(openai.BadRequestError) as err:  # DPO starts from a tuned model, not the base
         oai.fine_tuning.jobs.create(training_file=pref.id, model="tiny-base", method={"type": "dpo"})
-    assert err.value.body["param"] == "method.type"
+    assert err.value.body["param"] == "model"
     with open(small_file(tmp_path, 2), "rb") as fh:
         f = oai.files.create(file=fh, purpose="fine-tune")
     with _held_worker(server):  # the worker must not take the job while it is paused and resumed
@@ -261,6 +261,42 @@ class _held_worker:
 
     def __exit__(self, *exc):
         self.db.claim = self.claim
+
+
+def test_dpo_job_aligns_a_tuned_model(server, tiny_model_dir, tmp_path):
+    from .serve_helpers import make_run
+
+    server.ctx.models.add("acme", "sft-a", make_run(tiny_model_dir, tmp_path / "sft", seed=5), replace=True)
+    oai = client_for(server, server.acme)
+    pairs = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Summarize call {i}: refund issued."}]},
+            "preferred_output": [{"role": "assistant", "content": "The agent issued a refund."}],
+            "non_preferred_output": [{"role": "assistant", "content": "ok"}],
+        }
+        for i in range(4)
+    ]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    with open(path, "rb") as fh:
+        f = oai.files.create(file=fh, purpose="fine-tune")
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "max_steps": 2}}}
+    job = oai.fine_tuning.jobs.create(training_file=f.id, model="sft-a", suffix="dpo", method=dpo)
+    assert job.method.type == "dpo" and job.hyperparameters.beta == 0.2
+    done = wait_for(
+        lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+        240,
+        "the DPO job",
+    )
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:tiny-base:acme:dpo:{job.id}"
+    assert any(e.type == "metrics" for e in oai.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert oai.chat.completions.create(model=done.fine_tuned_model, messages=HELLO, max_tokens=4).choices
+    with pytest.raises(openai.BadRequestError) as err:  # a conversations file is not preference data
+        with open(small_file(tmp_path, 2), "rb") as fh:
+            other = oai.files.create(file=fh, purpose="fine-tune")
+        oai.fine_tuning.jobs.create(training_file=other.id, model="sft-a", method=dpo)
+    assert err.value.body["param"] == "training_file"
 
 
 def test_another_tenants_files_jobs_and_models_are_404(server, tmp_path):

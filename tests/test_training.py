@@ -314,9 +314,9 @@ def test_half_written_checkpoints_are_ignored_and_rotation_keeps_complete_ones(t
 
 def test_precision_and_checkpointing_are_set_from_the_device(tmp_path):
     from convtune.training import load_config
-    from convtune.training.trainer import _device_and_precision, _sft_config
+    from convtune.training.trainer import device_and_precision, _sft_config
 
-    device, dtype, bf16, fp16 = _device_and_precision("cpu")
+    device, dtype, bf16, fp16 = device_and_precision("cpu")
     assert (device, str(dtype), bf16, fp16) == ("cpu", "torch.float32", False, False)
     cfg = load_config(None, flags={"output.dir": tmp_path / "r"}, check_files=False, defer=True)
     args = _sft_config(cfg, tmp_path, 10, True, device, bf16, fp16)

@@ -356,7 +356,6 @@ class JobsDB:
         out = [dict(r._mapping) for r in rows]
         return out[:limit], len(out) > limit
 
-
     # ---- kept generations and feedback on them (rlhf.feedback) ------------------------------------
 
     def add_generation(self, row: dict[str, Any]) -> None:
@@ -383,8 +382,14 @@ class JobsDB:
         """Every feedback row of a tenant with its (unexpired) generation, oldest first."""
         with self.tx() as c:
             rows = c.execute(
-                select(feedback, generations.c.prompt, generations.c.outputs, generations.c.prompt_hash,
-                       generations.c.model, generations.c.task)
+                select(
+                    feedback,
+                    generations.c.prompt,
+                    generations.c.outputs,
+                    generations.c.prompt_hash,
+                    generations.c.model,
+                    generations.c.task,
+                )
                 .join(generations, generations.c.id == feedback.c.response_id)
                 .where(feedback.c.tenant == tenant, generations.c.expires_at >= int(time.time()))
                 .order_by(feedback.c.seq)

@@ -188,6 +188,8 @@ def run_job(db: JobsDB, home: Path, job_id: str) -> int:
     from convtune.training.checkpoints import newest_complete
     from convtune.training.trainer import TrainingInterrupted, train
 
+    if job["method"].get("type") == "dpo":
+        return _run_dpo(db, home, job, beat)
     try:
         cfg, catalogue = build_config(db, job, home)
         resume = newest_complete(cfg.run_dir / "checkpoints") is not None if cfg.run_dir.exists() else False
@@ -251,6 +253,87 @@ def run_job(db: JobsDB, home: Path, job_id: str) -> int:
         f"The job has successfully completed: {ft} "
         f"({result.steps} steps, final train loss {result.metrics.get('final_train_loss')})",
         data={"step": result.steps, "train_loss": result.metrics.get("final_train_loss")},
+    )
+    return 0
+
+
+def _run_dpo(db: JobsDB, home: Path, job: dict[str, Any], beat: _Heartbeat) -> int:
+    """A DPO job: rlhf.align on the tenant's model. Short, so a stop is not checkpointed: SIGTERM
+    ends it after the current step and a resumed job starts over."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    from convtune.errors import ConvtuneError
+    from convtune.tenancy import ModelStore
+    from convtune.jobs.service import DPO_BASE_LR
+    from rlhf.align import AlignConfig, align
+
+    job_id, hp = job["id"], job["hyperparameters"]
+
+    class StopOnSignal(TrainerCallback):
+        stop_requested = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.stop_requested:
+                control.should_training_stop = True
+
+    stopper = StopOnSignal()
+    signal.signal(signal.SIGTERM, lambda *_: setattr(stopper, "stop_requested", True))
+    out = run_dir(home, job) / "run"
+    try:
+        db.add_event(job_id, f"DPO started from {job['model']}")
+        cfg = AlignConfig(
+            run=Path(hp["sft_run"]),
+            data=processed_path(home, job["tenant"], job["training_file"]),
+            out=out,
+            method="dpo",
+            beta=hp["beta"],
+            epochs=hp["n_epochs"],
+            max_steps=hp.get("max_steps"),
+            lr=DPO_BASE_LR * hp["learning_rate_multiplier"],
+            batch_size=hp["batch_size"],
+            seed=job["seed"],
+        )
+        metrics = align(cfg, callbacks=[_publisher(db, job, home), stopper])
+    except ConvtuneError as exc:
+        _fail(db, job_id, "invalid_training_setup", str(exc))
+        return 0
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        _fail(db, job_id, "internal_error", f"training failed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        beat.stop.set()
+    if metrics.get("stopped"):
+        requested = (db.get_job(job_id) or {}).get("requested")
+        status = {"cancel": "cancelled", "pause": "paused"}.get(requested, "queued")
+        db.update_job(
+            job_id,
+            where_status=["running"],
+            status=status,
+            requested=None,
+            pid=None,
+            finished_at=int(time.time()) if status == "cancelled" else None,
+        )
+        db.add_event(job_id, f"Job {status} (DPO restarts from the beginning when resumed)")
+        return 0
+    ft = fine_tuned_model_id(job)
+    ModelStore(home).add(job["tenant"], ft, out, replace=True)
+    db.update_job(
+        job_id,
+        where_status=["running"],
+        status="succeeded",
+        fine_tuned_model=ft,
+        pid=None,
+        finished_at=int(time.time()),
+        requested=None,
+    )
+    db.add_event(
+        job_id,
+        f"The job has successfully completed: {ft} ({metrics['steps']} DPO steps, final loss "
+        f"{metrics['final_loss']}, reward accuracy {metrics['reward_accuracy']})",
+        data={"step": metrics["steps"], "train_loss": metrics["final_loss"]},
     )
     return 0
 

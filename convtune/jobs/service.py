@@ -62,6 +62,10 @@ class DpoHyperparameters(BaseModel):
     n_epochs: int | Literal["auto"] = "auto"
     batch_size: int | Literal["auto"] = "auto"
     learning_rate_multiplier: float | Literal["auto"] = "auto"
+    max_steps: int | None = Field(None, ge=1, le=100_000, description="convtune: stop after N steps")
+
+
+DPO_BASE_LR = 5e-5  # DPO moves an already tuned adapter: a smaller step than SFT
 
 
 class _Supervised(BaseModel):
@@ -98,9 +102,16 @@ def _check_range(value: Any, lo: float, hi: float, param: str) -> None:
         raise JobError(400, f'{param} must be between {lo} and {hi} or "auto"', param=param)
 
 
-def create_job(db: JobsDB, tenant: str, req: JobRequest, *, base_name: str, base_spec: str) -> dict[str, Any]:
+def create_job(
+    db: JobsDB, tenant: str, req: JobRequest, *, base_name: str, base_spec: str, tenant_model: Any = None
+) -> dict[str, Any]:
     """Validate and queue a job. ``base_name``: the served base model id users name;
-    ``base_spec``: what ``convtune.models.load_model`` loads for it (name, folder or hub id)."""
+    ``base_spec``: what ``convtune.models.load_model`` loads for it (name, folder or hub id);
+    ``tenant_model(tenant, model_id)``: the run folder of a tenant's model, or None (DPO starts
+    from one)."""
+    method = req.method or Method(type="supervised")
+    if method.type == "dpo":
+        return _create_dpo_job(db, tenant, req, method, base_name, base_spec, tenant_model)
     if req.model != base_name:
         raise JobError(
             400,
@@ -110,15 +121,6 @@ def create_job(db: JobsDB, tenant: str, req: JobRequest, *, base_name: str, base
         )
     if req.suffix is not None and not _SUFFIX.match(req.suffix):
         raise JobError(400, "suffix: 1-40 letters, digits, '_' or '-'", param="suffix")
-    method = req.method or Method(type="supervised")
-    if method.type == "dpo":
-        raise JobError(
-            400,
-            "method dpo needs the preference-training stage, which this server does not have "
-            "yet; use supervised",
-            param="method.type",
-            code="unsupported_method",
-        )
     hp = (
         (method.supervised.hyperparameters if method.supervised else None)
         or req.hyperparameters
@@ -166,19 +168,92 @@ def create_job(db: JobsDB, tenant: str, req: JobRequest, *, base_name: str, base
         "seed": req.seed if req.seed is not None else 42,
         "user_metadata": req.metadata,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp.model_dump(exclude_none=True)}},
-        "hyperparameters": {**resolve_hyperparameters(hp, train["records"]), "base": base_spec},
+        "hyperparameters": {
+            **resolve_hyperparameters(hp, train["records"]),
+            "base": base_spec,
+            "base_name": base_name,
+        },
         "status": "validating_files",
         "created_at": now,
         "attempts": 0,
     }
+    return _queue(db, row, train)
+
+
+def _queue(db: JobsDB, row: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    job_id = row["id"]
     db.add_job(row)
     db.add_event(job_id, f"Created fine-tuning job {job_id}")
     db.add_event(
-        job_id, f"Validated training file {req.training_file}: {train['records']} {train['kind']} records"
+        job_id, f"Validated training file {row['training_file']}: {train['records']} {train['kind']} records"
     )
     db.update_job(job_id, status="queued")
     db.add_event(job_id, "Job queued")
     return db.get_job(job_id)
+
+
+def _create_dpo_job(
+    db: JobsDB,
+    tenant: str,
+    req: JobRequest,
+    method: Method,
+    base_name: str,
+    base_spec: str,
+    tenant_model: Any,
+) -> dict[str, Any]:
+    """DPO on a preference file, starting from one of the tenant's tuned models (the reference is
+    that model's adapter, frozen)."""
+    sft = tenant_model(tenant, req.model) if tenant_model is not None else None
+    if sft is None:
+        raise JobError(
+            404 if req.model != base_name else 400,
+            f"method dpo starts from one of your fine-tuned models (an ft:... id), not {req.model!r}",
+            param="model",
+            code="model_not_found",
+        )
+    if req.suffix is not None and not _SUFFIX.match(req.suffix):
+        raise JobError(400, "suffix: 1-40 letters, digits, '_' or '-'", param="suffix")
+    hp = method.dpo.hyperparameters if method.dpo else DpoHyperparameters()
+    _check_range(hp.beta, 0.001, 10, "hyperparameters.beta")
+    _check_range(hp.n_epochs, 1, 50, "hyperparameters.n_epochs")
+    _check_range(hp.batch_size, 1, 64, "hyperparameters.batch_size")
+    _check_range(hp.learning_rate_multiplier, 0.01, 10, "hyperparameters.learning_rate_multiplier")
+    train = _usable_file(db, tenant, req.training_file, "training_file")
+    if train["kind"] != "preference":
+        raise JobError(
+            400,
+            f"method dpo needs a preference file; {req.training_file} holds {train['kind']} data",
+            param="training_file",
+        )
+    records = max(1, int(train["records"] or 1))
+    resolved = {
+        "beta": 0.1 if hp.beta == "auto" else hp.beta,
+        "n_epochs": max(1, min(3, math.ceil(50 / records))) if hp.n_epochs == "auto" else hp.n_epochs,
+        "batch_size": 2 if hp.batch_size == "auto" else hp.batch_size,
+        "learning_rate_multiplier": 1.0
+        if hp.learning_rate_multiplier == "auto"
+        else hp.learning_rate_multiplier,
+        **({"max_steps": hp.max_steps} if hp.max_steps else {}),
+        "base": base_spec,
+        "base_name": base_name,
+        "sft_run": str(sft),
+    }
+    row = {
+        "id": new_id("ftjob"),
+        "tenant": tenant,
+        "model": req.model,
+        "training_file": req.training_file,
+        "validation_file": None,
+        "suffix": req.suffix,
+        "seed": req.seed if req.seed is not None else 42,
+        "user_metadata": req.metadata,
+        "method": {"type": "dpo", "dpo": {"hyperparameters": hp.model_dump(exclude_none=True)}},
+        "hyperparameters": resolved,
+        "status": "validating_files",
+        "created_at": int(time.time()),
+        "attempts": 0,
+    }
+    return _queue(db, row, train)
 
 
 def _usable_file(db: JobsDB, tenant: str, file_id: str, param: str) -> dict[str, Any]:
@@ -217,7 +292,8 @@ def resolve_hyperparameters(hp: Hyperparameters, records: int) -> dict[str, Any]
 
 def fine_tuned_model_id(job: dict[str, Any]) -> str:
     """``ft:<base>:<tenant>:<suffix>:<job id>``, as OpenAI names them; servable by that id."""
-    return f"ft:{job['model']}:{job['tenant']}:{job['suffix'] or ''}:{job['id']}"
+    base = job["hyperparameters"].get("base_name", job["model"])
+    return f"ft:{base}:{job['tenant']}:{job['suffix'] or ''}:{job['id']}"
 
 
 def run_dir(home: str | Path, job: dict[str, Any]) -> Path:
@@ -281,7 +357,8 @@ def get_job(db: JobsDB, tenant: str, job_id: str) -> dict[str, Any]:
 
 
 def job_object(job: dict[str, Any]) -> dict[str, Any]:
-    hp = {k: v for k, v in job["hyperparameters"].items() if k != "base"}
+    hp = job["hyperparameters"]
+    shown = ("n_epochs", "batch_size", "learning_rate_multiplier") + (("beta",) if "beta" in hp else ())
     return {
         "object": "fine_tuning.job",
         "id": job["id"],
@@ -294,7 +371,7 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "status": job["status"],
         "validation_file": job["validation_file"],
         "training_file": job["training_file"],
-        "hyperparameters": {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+        "hyperparameters": {k: hp[k] for k in shown},
         "method": job["method"],
         "trained_tokens": job["trained_tokens"],
         "error": job["error"] or None,

@@ -269,7 +269,7 @@ def _device_problems(requested: str) -> list[str]:
     return []
 
 
-def _device_and_precision(requested: str) -> tuple[str, Any, bool, bool]:
+def device_and_precision(requested: str) -> tuple[str, Any, bool, bool]:
     """(device, model dtype, bf16 autocast, fp16 autocast): fp32 on CPU, bf16 on CUDA (fp16 autocast
     with fp32 weights on GPUs without bf16)."""
     import torch
@@ -529,7 +529,7 @@ def train(
     if dry_run:
         return RunResult(cfg.run_dir, 0, {}, dry_run=True, plan=plan)
 
-    device, dtype, bf16, fp16 = _device_and_precision(cfg.train.device)
+    device, dtype, bf16, fp16 = device_and_precision(cfg.train.device)
     run = cfg.run_dir
     if run.exists() and not resume and cfg.output.overwrite:
         shutil.rmtree(run)

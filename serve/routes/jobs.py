@@ -44,7 +44,13 @@ def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 async def create(body: JobRequest, request: Request) -> dict[str, Any]:
     ctx = ctx_of(request)
     base = ctx.host.base_name if ctx.host is not None else ctx.settings.base_model
-    job = create_job(ctx.jobs_db, tenant_of(request), body, base_name=base, base_spec=ctx.base_spec or base)
+
+    def tenant_model(tenant: str, model_id: str) -> Any:
+        found = ctx.models.get(tenant, model_id)
+        return found.path if found is not None else None
+
+    job = create_job(ctx.jobs_db, tenant_of(request), body, base_name=base, base_spec=ctx.base_spec or base,
+                     tenant_model=tenant_model)
     return job_object(job)
 
 

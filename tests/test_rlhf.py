@@ -1,0 +1,103 @@
+"""DPO and KTO mechanics on the tiny model: the policy adapter moves, the reference does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .serve_helpers import make_run
+
+PROMPT = [
+    {"role": "user", "content": "Summarize: the customer's card was charged twice; the agent refunded it."}
+]
+
+
+def _pairs(path, n=4):
+    rows = [
+        {
+            "input": {"messages": PROMPT},
+            "preferred_output": [
+                {"role": "assistant", "content": f"Double charge refunded by the agent ({i})."}
+            ],
+            "non_preferred_output": [{"role": "assistant", "content": f"ok {i}"}],
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _kto(path):
+    rows = [
+        {"prompt": PROMPT, "completion": [{"role": "assistant", "content": text}], "label": ok}
+        for text, ok in (
+            ("Refunded the double charge.", True),
+            ("ok", False),
+            ("Card refunded.", True),
+            ("no", False),
+        )
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_model_dir, tmp_path_factory):
+    return make_run(tiny_model_dir, tmp_path_factory.mktemp("sft"), seed=3)
+
+
+def _lora(model, adapter):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if f".{adapter}." in n}
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_alignment_moves_the_policy_adapter_and_keeps_the_reference(method, sft_run, tmp_path):
+    import torch
+
+    from rlhf.align import AlignConfig, build_trainer
+
+    data = _pairs(tmp_path / "p.jsonl") if method == "dpo" else _kto(tmp_path / "k.jsonl")
+    cfg = AlignConfig(
+        run=sft_run, data=data, out=tmp_path / "out", method=method, max_steps=2, lr=1e-2, batch_size=2
+    )
+    trainer = build_trainer(cfg)
+    model = trainer.model
+    sft = _lora(model, "default")
+    assert sft and set(_lora(model, "ref")) == {n.replace(".default.", ".ref.") for n in sft}
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    trainer.train()
+    after, ref = _lora(model, "default"), _lora(model, "ref")
+    assert any(not torch.equal(sft[n], after[n]) for n in sft)  # the policy moved
+    for n, p in sft.items():  # the reference is the SFT adapter, frozen
+        assert torch.equal(ref[n.replace(".default.", ".ref.")], p)
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)  # base untouched
+
+
+def test_align_writes_a_servable_run(sft_run, tmp_path):
+    from convtune.tenancy import ModelStore
+    from rlhf.align import AlignConfig, align
+
+    out = tmp_path / "dpo-run"
+    metrics = align(AlignConfig(run=sft_run, data=_pairs(tmp_path / "p.jsonl"), out=out, max_steps=1))
+    assert metrics["steps"] == 1 and metrics["examples"] == 4 and metrics["final_loss"] is not None
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert ModelStore(tmp_path / "home").add("acme", "dpo-v1", out).name == "dpo-v1"
+
+
+def test_bad_alignment_data_fails_before_weights_load(sft_run, tmp_path):
+    from convtune.errors import ConfigError
+    from rlhf.align import AlignConfig, build_trainer
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": PROMPT, "completion": [{"role": "assistant", "content": "x"}], "label": True})
+        + "\n"
+    )
+    with pytest.raises(ConfigError, match="not dpo data"):
+        build_trainer(AlignConfig(run=sft_run, data=bad, out=tmp_path / "o"))
+    with pytest.raises(ConfigError, match="both desirable"):
+        build_trainer(AlignConfig(run=sft_run, data=bad, out=tmp_path / "o", method="kto"))
