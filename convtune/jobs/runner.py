@@ -182,24 +182,58 @@ def run_job(db: JobsDB, home: Path, job_id: str) -> int:
     db.update_job(job_id, pid=os.getpid(), heartbeat_at=time.time())
     beat = _Heartbeat(db, job_id)
     beat.start()  # before the heavy imports: loading torch must not look like a dead job
+    train_fn = _dpo if job["method"].get("type") == "dpo" else _supervised
+    try:
+        outcome = train_fn(db, home, job)
+    except Exception as exc:
+        from convtune.errors import ConvtuneError
 
-    from convtune.errors import ConvtuneError
+        if isinstance(exc, ConvtuneError):  # bad data or configuration: the job fails, the process is fine
+            _fail(db, job_id, "invalid_training_setup", str(exc))
+            return 0
+        log.exception("job %s crashed", job_id)
+        _fail(db, job_id, "internal_error", f"training failed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        beat.stop.set()
+    if outcome is None:  # stopped by SIGTERM: cancel, pause or the worker's shutdown
+        _stopped(db, job_id, checkpointed=train_fn is _supervised)
+        return 0
+    run, steps, tokens, summary = outcome
+    ft = fine_tuned_model_id(job)
     from convtune.tenancy import ModelStore
+
+    ModelStore(home).add(job["tenant"], ft, run, replace=True)
+    db.update_job(
+        job_id,
+        where_status=["running"],
+        status="succeeded",
+        fine_tuned_model=ft,
+        pid=None,
+        trained_tokens=tokens,
+        finished_at=int(time.time()),
+        requested=None,
+    )
+    db.add_event(
+        job_id, f"The job has successfully completed: {ft} ({steps} steps, {summary})", data={"step": steps}
+    )
+    return 0
+
+
+def _supervised(db: JobsDB, home: Path, job: dict[str, Any]) -> tuple[Path, int, int, str] | None:
+    """SFT via convtune.training.train, resuming from the newest complete checkpoint."""
     from convtune.training.checkpoints import newest_complete
     from convtune.training.trainer import TrainingInterrupted, train
 
-    if job["method"].get("type") == "dpo":
-        return _run_dpo(db, home, job, beat)
+    job_id = job["id"]
+    cfg, catalogue = build_config(db, job, home)
+    resume = cfg.run_dir.exists() and newest_complete(cfg.run_dir / "checkpoints") is not None
+    if resume:
+        db.add_event(job_id, f"Resuming from the newest complete checkpoint (attempt {job['attempts'] + 1})")
+    else:
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a half-started run with no checkpoint
+        db.add_event(job_id, "Training started")
     try:
-        cfg, catalogue = build_config(db, job, home)
-        resume = newest_complete(cfg.run_dir / "checkpoints") is not None if cfg.run_dir.exists() else False
-        if resume:
-            db.add_event(
-                job_id, f"Resuming from the newest complete checkpoint (attempt {job['attempts'] + 1})"
-            )
-        else:
-            shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a half-started run with no checkpoint
-            db.add_event(job_id, "Training started")
         result = train(
             cfg,
             resume=resume,
@@ -208,68 +242,20 @@ def run_job(db: JobsDB, home: Path, job_id: str) -> int:
             report=lambda msg: log.info("%s: %s", job_id, msg),
         )
     except TrainingInterrupted:
-        requested = (db.get_job(job_id) or {}).get("requested")
-        status = {"cancel": "cancelled", "pause": "paused"}.get(requested, "queued")
-        db.update_job(
-            job_id,
-            where_status=["running"],
-            status=status,
-            requested=None,
-            pid=None,
-            finished_at=int(time.time()) if status == "cancelled" else None,
-        )
-        db.add_event(
-            job_id,
-            {
-                "cancelled": "Job cancelled",
-                "paused": "Job paused at a checkpoint",
-                "queued": "Worker stopping: job queued to resume from its checkpoint",
-            }[status],
-        )
-        return 0
-    except ConvtuneError as exc:
-        _fail(db, job_id, "invalid_training_setup", str(exc))
-        return 0
-    except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        _fail(db, job_id, "internal_error", f"training failed: {type(exc).__name__}: {exc}")
-        return 1
-    finally:
-        beat.stop.set()
-    ft = fine_tuned_model_id(job)
-    ModelStore(home).add(job["tenant"], ft, result.run_dir, replace=True)
-    db.update_job(
-        job_id,
-        where_status=["running"],
-        status="succeeded",
-        fine_tuned_model=ft,
-        pid=None,
-        trained_tokens=int(result.metrics.get("tokens") or 0),
-        finished_at=int(time.time()),
-        requested=None,
-    )
-    db.add_event(
-        job_id,
-        f"The job has successfully completed: {ft} "
-        f"({result.steps} steps, final train loss {result.metrics.get('final_train_loss')})",
-        data={"step": result.steps, "train_loss": result.metrics.get("final_train_loss")},
-    )
-    return 0
+        return None
+    loss = result.metrics.get("final_train_loss")
+    return result.run_dir, result.steps, int(result.metrics.get("tokens") or 0), f"final train loss {loss}"
 
 
-def _run_dpo(db: JobsDB, home: Path, job: dict[str, Any], beat: _Heartbeat) -> int:
-    """A DPO job: rlhf.align on the tenant's model. Short, so a stop is not checkpointed: SIGTERM
-    ends it after the current step and a resumed job starts over."""
+def _dpo(db: JobsDB, home: Path, job: dict[str, Any]) -> tuple[Path, int, int, str] | None:
+    """DPO via rlhf.align on the tenant's model. Short, so a stop is not checkpointed: SIGTERM ends
+    it after the current step, and a resumed job starts over."""
     import signal
 
     from transformers import TrainerCallback
 
-    from convtune.errors import ConvtuneError
-    from convtune.tenancy import ModelStore
     from convtune.jobs.service import DPO_BASE_LR
     from rlhf.align import AlignConfig, align
-
-    job_id, hp = job["id"], job["hyperparameters"]
 
     class StopOnSignal(TrainerCallback):
         stop_requested = False
@@ -280,62 +266,47 @@ def _run_dpo(db: JobsDB, home: Path, job: dict[str, Any], beat: _Heartbeat) -> i
 
     stopper = StopOnSignal()
     signal.signal(signal.SIGTERM, lambda *_: setattr(stopper, "stop_requested", True))
-    out = run_dir(home, job) / "run"
-    try:
-        db.add_event(job_id, f"DPO started from {job['model']}")
-        cfg = AlignConfig(
-            run=Path(hp["sft_run"]),
-            data=processed_path(home, job["tenant"], job["training_file"]),
-            out=out,
-            method="dpo",
-            beta=hp["beta"],
-            epochs=hp["n_epochs"],
-            max_steps=hp.get("max_steps"),
-            lr=DPO_BASE_LR * hp["learning_rate_multiplier"],
-            batch_size=hp["batch_size"],
-            seed=job["seed"],
-        )
-        metrics = align(cfg, callbacks=[_publisher(db, job, home), stopper])
-    except ConvtuneError as exc:
-        _fail(db, job_id, "invalid_training_setup", str(exc))
-        return 0
-    except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        _fail(db, job_id, "internal_error", f"training failed: {type(exc).__name__}: {exc}")
-        return 1
-    finally:
-        beat.stop.set()
+    hp, out = job["hyperparameters"], run_dir(home, job) / "run"
+    db.add_event(job["id"], f"DPO started from {job['model']}")
+    cfg = AlignConfig(
+        run=Path(hp["sft_run"]),
+        data=processed_path(home, job["tenant"], job["training_file"]),
+        out=out,
+        method="dpo",
+        beta=hp["beta"],
+        epochs=hp["n_epochs"],
+        max_steps=hp.get("max_steps"),
+        lr=DPO_BASE_LR * hp["learning_rate_multiplier"],
+        batch_size=hp["batch_size"],
+        seed=job["seed"],
+    )
+    metrics = align(cfg, callbacks=[_publisher(db, job, home), stopper])
     if metrics.get("stopped"):
-        requested = (db.get_job(job_id) or {}).get("requested")
-        status = {"cancel": "cancelled", "pause": "paused"}.get(requested, "queued")
-        db.update_job(
-            job_id,
-            where_status=["running"],
-            status=status,
-            requested=None,
-            pid=None,
-            finished_at=int(time.time()) if status == "cancelled" else None,
-        )
-        db.add_event(job_id, f"Job {status} (DPO restarts from the beginning when resumed)")
-        return 0
-    ft = fine_tuned_model_id(job)
-    ModelStore(home).add(job["tenant"], ft, out, replace=True)
+        return None
+    summary = f"final DPO loss {metrics['final_loss']}, reward accuracy {metrics['reward_accuracy']}"
+    return out, metrics["steps"], 0, summary
+
+
+def _stopped(db: JobsDB, job_id: str, *, checkpointed: bool) -> None:
+    requested = (db.get_job(job_id) or {}).get("requested")
+    status = {"cancel": "cancelled", "pause": "paused"}.get(requested, "queued")
     db.update_job(
         job_id,
         where_status=["running"],
-        status="succeeded",
-        fine_tuned_model=ft,
-        pid=None,
-        finished_at=int(time.time()),
+        status=status,
         requested=None,
+        pid=None,
+        finished_at=int(time.time()) if status == "cancelled" else None,
     )
+    where = "its checkpoint" if checkpointed else "the beginning (DPO is not checkpointed)"
     db.add_event(
         job_id,
-        f"The job has successfully completed: {ft} ({metrics['steps']} DPO steps, final loss "
-        f"{metrics['final_loss']}, reward accuracy {metrics['reward_accuracy']})",
-        data={"step": metrics["steps"], "train_loss": metrics["final_loss"]},
+        {
+            "cancelled": "Job cancelled",
+            "paused": f"Job paused; resumes from {where}",
+            "queued": f"Worker stopping: job queued to resume from {where}",
+        }[status],
     )
-    return 0
 
 
 def _fail(db: JobsDB, job_id: str, code: str, message: str) -> None:
