@@ -127,6 +127,17 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward(args: argparse.Namespace) -> int:
+    from rlhf.reward import RewardModelConfig, train_reward_model
+
+    cfg = RewardModelConfig(run=args.run, data=args.data, out=args.out, held_out=args.held_out,
+                            epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, seed=args.seed)
+    m = train_reward_model(cfg)
+    print(f"reward model: {m['steps']} steps on {m['train_pairs']} pairs; pairwise accuracy on "
+          f"{m['held_out_pairs']} held-out pairs {m['pairwise_accuracy']:.3f} -> {args.out}")
+    return 0
+
+
 def add_server_parsers(sub: Any) -> None:
     keys = sub.add_parser("keys", help="API keys of tenants (stored hashed)")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -201,6 +212,19 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("reward-model", help="train a reward model (LoRA + scalar head) on preference pairs",
+                       description="TRL RewardTrainer on the run's base model; reports pairwise accuracy on "
+                       "held-out pairs.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run: its base model, tokenizer, renderer")
+    p.add_argument("--data", type=Path, required=True, help="preferences.jsonl")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--held-out", type=float, default=0.2, help="share of pairs kept out to score (0.2)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_reward)
 
     fb = sub.add_parser("feedback", help="users' feedback on served generations")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")

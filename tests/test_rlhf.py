@@ -101,3 +101,54 @@ def test_bad_alignment_data_fails_before_weights_load(sft_run, tmp_path):
         build_trainer(AlignConfig(run=sft_run, data=bad, out=tmp_path / "o"))
     with pytest.raises(ConfigError, match="both desirable"):
         build_trainer(AlignConfig(run=sft_run, data=bad, out=tmp_path / "o", method="kto"))
+
+
+def test_reward_model_learns_a_preference_and_scores_held_out_pairs(sft_run, tmp_path):
+    from rlhf.reward import RewardModelConfig, train_reward_model
+
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Summarize call {i}."}]},
+            "preferred_output": [{"role": "assistant", "content": f"The agent refunded charge {i} today."}],
+            "non_preferred_output": [{"role": "assistant", "content": "ok"}],
+        }
+        for i in range(20)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "reward"
+    metrics = train_reward_model(
+        RewardModelConfig(run=sft_run, data=data, out=out, max_steps=12, lr=5e-3, batch_size=4, held_out=0.25)
+    )
+    assert metrics["held_out_pairs"] == 5 and metrics["train_pairs"] == 15
+    assert metrics["pairwise_accuracy"] >= 0.8, metrics  # an easy, consistent preference
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert saved["task_type"] == "SEQ_CLS" and "score" in (saved.get("modules_to_save") or [])
+
+
+def test_cli_align_and_reward_model(sft_run, tmp_path, capsys):
+    from convtune.cli import main
+
+    data = _pairs(tmp_path / "p.jsonl")
+    assert (
+        main(["align", str(sft_run), "--data", str(data), "--out", str(tmp_path / "dpo"), "--max-steps", "1"])
+        == 0
+    )
+    assert "dpo: 1 steps on 4 examples" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "reward-model",
+                str(sft_run),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "rm"),
+                "--max-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert "pairwise accuracy on 1 held-out pairs" in capsys.readouterr().out
