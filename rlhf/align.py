@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from convtune.errors import ConfigError
+from rlhf.common import load_run_parts, trl_args
 
 
 class AlignConfig(BaseModel):
@@ -81,44 +82,20 @@ def _dataset(cfg: AlignConfig, renderer: Any) -> Any:
 def build_trainer(cfg: AlignConfig) -> Any:
     """The TRL DPO/KTO trainer over the SFT adapter (data checked before weights load)."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from convtune.models import resolve_model
-    from convtune.renderer import Renderer
     from convtune.training.trainer import device_and_precision
 
     run = cfg.run
-    for need in ("adapter", "tokenizer", "config.json", "tasks.json"):
-        if not (run / need).exists():
-            raise ConfigError(f"{run} is not a finished training run (missing {need})")
-    run_cfg = json.loads((run / "config.json").read_text())
-    tasks_json = json.loads((run / "tasks.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
-    renderer = Renderer.from_settings(tokenizer, tasks_json["renderer"])
+    run_cfg, tokenizer, renderer = load_run_parts(run)
     dataset = _dataset(cfg, renderer)  # data problems surface before any weights load
     device, dtype, bf16, fp16 = device_and_precision(cfg.device)
     base = AutoModelForCausalLM.from_pretrained(
         resolve_model(run_cfg["model"]["name"]), dtype=dtype, trust_remote_code=False
     )
     model = PeftModel.from_pretrained(base, run / "adapter", is_trainable=True)
-    common = dict(
-        output_dir=str(cfg.out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        learning_rate=cfg.lr,
-        beta=cfg.beta,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=device == "cpu",
-        gradient_checkpointing=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        seed=cfg.seed,
-        max_length=cfg.max_length,
-        disable_tqdm=True,
-    )
+    common = {**trl_args(cfg.out, cfg, device, bf16, fp16), "beta": cfg.beta}
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 

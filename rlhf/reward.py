@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from convtune.errors import ConfigError
+from rlhf.common import load_run_parts, trl_args
 
 
 class RewardModelConfig(BaseModel):
@@ -77,17 +78,14 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     from convtune.models import resolve_model
-    from convtune.renderer import Renderer
     from convtune.training.artifacts import write_json_atomic
     from convtune.training.trainer import device_and_precision
 
-    run_cfg = json.loads((cfg.run / "config.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(cfg.run / "tokenizer")
-    renderer = Renderer.from_settings(tokenizer, json.loads((cfg.run / "tasks.json").read_text())["renderer"])
+    run_cfg, tokenizer, renderer = load_run_parts(cfg.run)
     pairs = _pairs(cfg, renderer, tokenizer)  # data problems before any weights load
     random.Random(cfg.seed).shuffle(pairs)
     n_test = max(1, round(len(pairs) * cfg.held_out))
@@ -99,23 +97,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     model.config.pad_token_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    args = RewardConfig(
-        output_dir=str(cfg.out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        learning_rate=cfg.lr,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=device == "cpu",
-        gradient_checkpointing=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        seed=cfg.seed,
-        max_length=cfg.max_length,
-        disable_tqdm=True,
-    )
+    args = RewardConfig(**trl_args(cfg.out, cfg, device, bf16, fp16))
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="SEQ_CLS"
     )
