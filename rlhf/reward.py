@@ -116,6 +116,8 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     trainer.model.save_pretrained(out / "adapter", safe_serialization=True)
     (out / "adapter" / "README.md").unlink(missing_ok=True)
     shutil.copytree(cfg.run / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    for name in ("config.json", "tasks.json"):  # registrable with `convtune models add` (as a scorer)
+        shutil.copy2(cfg.run / name, out / name)
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "kind": "reward_model",
@@ -152,3 +154,34 @@ def pairwise_accuracy(model: Any, pairs: list[dict[str, list[int]]], *, device: 
     good = score(model, [p["chosen_ids"] for p in pairs], device=device)
     bad = score(model, [p["rejected_ids"] for p in pairs], device=device)
     return sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good, bad, strict=True)) / len(pairs)
+
+
+def is_reward_model(folder: Path) -> bool:
+    """A run directory written by :func:`train_reward_model` (it scores; it does not generate)."""
+    try:
+        return json.loads((folder / "metrics.json").read_text()).get("kind") == "reward_model"
+    except (OSError, ValueError):
+        return False
+
+
+class RewardScorer:
+    """A loaded reward model: ``score(token sequences) -> rewards``. Not thread-safe (engine thread)."""
+
+    def __init__(self, folder: Path):
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from convtune.models import resolve_model
+
+        run_cfg = json.loads((folder / "config.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(run_cfg["model"]["name"]), num_labels=1, trust_remote_code=False
+        )
+        base.config.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.model = PeftModel.from_pretrained(base, folder / "adapter").eval()
+
+    def score(self, sequences: list[list[int]]) -> list[float]:
+        return score(self.model, sequences)

@@ -48,6 +48,7 @@ class ServerContext:
     ready: bool = False
     base_spec: str = ""  # what job processes load as the base model (default: settings.base_model)
     _jobs_db: Any = None
+    scorers: dict[str, Any] = field(default_factory=dict)  # reward models loaded for best_of (engine thread)
     _encoder_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property

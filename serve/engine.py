@@ -459,6 +459,9 @@ class Engine:
             r.emit(Event("delta", text=piece))
 
 
+MIN_TEMPERATURE = 1e-3  # smaller temperatures decode greedily (their limit), never 0/0 in fp32
+
+
 class _Sampler:
     """Greedy at temperature 0; otherwise temperature + top-k + nucleus (top_p) sampling with
     the request's own seeded generator, so a seed reproduces its output whatever the batch."""
@@ -467,7 +470,7 @@ class _Sampler:
         self.torch = torch
         self.s = s
         self.gen = None
-        if s.temperature > 0 and s.top_k != 1:
+        if s.temperature >= MIN_TEMPERATURE and s.top_k != 1:  # below it: the greedy limit (fp32-safe)
             self.gen = torch.Generator()
             seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
             self.gen.manual_seed(seed)
@@ -482,7 +485,8 @@ class _Sampler:
             logits[seen] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
         if self.gen is None:
             return int(logits.argmax())
-        logits = logits.float().cpu() / s.temperature
+        logits = logits.float().cpu()
+        logits = (logits - logits.max()) / s.temperature  # max first: a tiny temperature gives -inf, not NaN
         if s.top_k > 1:
             kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
             logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)

@@ -72,6 +72,16 @@ class ModelHost:
         found = self.store.get(tenant, model_id)
         if found is None:
             raise not_found("model", model_id, param="model")
+        from rlhf.reward import is_reward_model
+
+        if is_reward_model(found.path):
+            raise APIError(
+                400,
+                f"model {model_id!r} is a reward model: it scores answers "
+                "(best_of.reward_model), it does not generate",
+                param="model",
+                code="not_a_generator",
+            )
         return ModelRef(model_id, f"{tenant}/{model_id}", found.path, tenant)
 
     def list(self, tenant: str) -> list[dict[str, Any]]:

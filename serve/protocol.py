@@ -78,6 +78,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class BestOf(BaseModel):
+    """convtune extension: sample ``n`` answers, return the one the tenant's reward model scores highest."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(4, ge=2, le=16)
+    reward_model: str = Field(min_length=1, max_length=200, description="one of your reward models")
+
+
 class ChatCompletionRequest(_Request):
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -92,6 +100,7 @@ class ChatCompletionRequest(_Request):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     response_format: ResponseFormat | None = None
     retrieval: RetrievalSpec | None = None
+    best_of: BestOf | None = None
     # refused when used (convtune has no tools or logprobs)
     tools: list[Any] | None = None
     logprobs: bool | None = None

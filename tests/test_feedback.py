@@ -140,3 +140,54 @@ def test_feedback_survives_a_restart(server, tiny_model_dir, home):
         ids = [x["id"] for x in client.get("/v1/models", headers=_auth(again.acme)).json()["data"]]
         assert ids
     assert export(again.ctx.jobs_db, "acme") == before and before[0]
+
+
+def test_best_of_n_returns_the_answer_the_reward_model_prefers(server, tiny_model_dir, tmp_path):
+    from rlhf.reward import RewardModelConfig, train_reward_model
+
+    from .serve_helpers import make_run
+
+    sft = make_run(tiny_model_dir, tmp_path / "sft", seed=4)
+    rows = [
+        {
+            "input": {"messages": ASK},
+            "preferred_output": [{"role": "assistant", "content": f"Refund {i}."}],
+            "non_preferred_output": [{"role": "assistant", "content": "no"}],
+        }
+        for i in range(4)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_reward_model(RewardModelConfig(run=sft, data=data, out=tmp_path / "rm", max_steps=1))
+    server.ctx.models.add("acme", "rm", tmp_path / "rm", replace=True)
+    h = _auth(server.acme)
+    body = {
+        "model": "tiny-base",
+        "messages": ASK,
+        "max_tokens": 6,
+        "seed": 3,
+        "best_of": {"n": 3, "reward_model": "rm"},
+    }
+    r = server.client.post("/v1/chat/completions", headers=h, json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    rewards = out["best_of"]["rewards"]
+    assert len(rewards) == 3 and out["best_of"]["chosen"] == rewards.index(max(rewards))
+    assert len(out["choices"]) == 1 and out["usage"]["completion_tokens"] > 6  # three answers were generated
+    from rlhf.reward import RewardScorer
+
+    head, answer, _ = server.ctx.host.renderer.preference_texts(
+        ASK, out["choices"][0]["message"]["content"], ""
+    )
+    tok = server.ctx.host.tokenizer
+    ids = (
+        tok(head, add_special_tokens=False)["input_ids"] + tok(answer, add_special_tokens=False)["input_ids"]
+    )
+    assert RewardScorer(tmp_path / "rm").score([ids])[0] == pytest.approx(max(rewards), abs=1e-3)
+    for change, status, param in (
+        ({"best_of": {"n": 3, "reward_model": "nope"}}, 404, "best_of.reward_model"),
+        ({"n": 2}, 400, "best_of"),
+        ({"model": "rm", "best_of": None}, 400, "model"),
+    ):
+        r = server.client.post("/v1/chat/completions", headers=h, json={**body, **change})
+        assert r.status_code == status and r.json()["error"]["param"] == param, r.text

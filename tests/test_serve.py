@@ -752,3 +752,17 @@ def test_engine_strips_links_only_when_grounded(server):
         engine._emit_text(r, "", final=True)
         seen[grounded] = "".join(e.text for e in pieces)
     assert seen == {False: "Look: ![x](http://evil/?q=1) done", True: "Look: x done"}
+
+
+def test_sampler_survives_extreme_temperatures():
+    """Found by schemathesis: temperature 1e-300 is 0 in fp32 and made 0/0 -> NaN -> a 500."""
+    import torch
+
+    from serve.engine import Sampling, _Sampler
+
+    logits = torch.randn(64) * 10
+    logits[7] = float("-inf")  # a grammar-masked token
+    for t in (1e-300, 1e-30, 1e-4, 1e-3, 0.7, 2.0):
+        s = _Sampler(Sampling(max_tokens=1, temperature=t, top_p=0.5, top_k=8, seed=0), torch)
+        pick = s.pick(logits.clone(), [1, 2, 3])
+        assert 0 <= pick < 64 and pick != 7

@@ -99,7 +99,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         top_p=body.top_p,
         seed=body.seed,
         schema=schema,
-        schema_param="response_format.json_schema" if fmt is not None and fmt.type == "json_schema"
+        schema_param="response_format.json_schema"
+        if fmt is not None and fmt.type == "json_schema"
         else "response_format",
         grounded=body.retrieval is not None,
     )
@@ -127,6 +128,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
+    if body.best_of is not None:
+        return await _best_of(body, request, messages, sampling, ref, cid, created)
     results = await complete(request, prompt, ref, sampling, body.n)
     await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [r.text for r in results])
     return {
@@ -144,6 +147,81 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             for i, r in enumerate(results)
         ],
         "usage": _usage(results),
+    }
+
+
+async def _best_of(
+    body: ChatCompletionRequest,
+    request: Request,
+    messages: list[dict[str, str]],
+    sampling: Any,
+    ref: Any,
+    cid: str,
+    created: int,
+) -> dict[str, Any]:
+    """Sample ``best_of.n`` answers (temperature 0.8 unless one is given: greedy would repeat one
+    answer), score each with the tenant's reward model on the engine thread, return the best."""
+    import dataclasses
+
+    from rlhf.reward import RewardScorer, is_reward_model
+
+    ctx = ctx_of(request)
+    spec = body.best_of
+    if body.n != 1 or body.stream:
+        raise invalid("best_of", "best_of returns one answer: use it with n = 1 and without stream")
+    found = ctx.models.get(tenant_of(request), spec.reward_model)
+    if found is None:
+        raise APIError(
+            404,
+            f"reward model {spec.reward_model!r} not found",
+            param="best_of.reward_model",
+            code="model_not_found",
+        )
+    if not is_reward_model(found.path):
+        raise invalid("best_of.reward_model", f"{spec.reward_model!r} is not a reward model")
+    if sampling.temperature == 0:
+        sampling = dataclasses.replace(sampling, temperature=0.8)
+    host, engine = ctx.require_engine()
+    prompt = host.renderer.encode_chat(messages).input_ids
+    results = await complete(request, prompt, ref, sampling, spec.n)
+    tok = host.tokenizer
+    seqs = []
+    for r in results:
+        head, answer, _ = host.renderer.preference_texts(messages, r.text, "")
+        seqs.append(
+            tok(head, add_special_tokens=False)["input_ids"]
+            + tok(answer, add_special_tokens=False)["input_ids"]
+        )
+
+    def score() -> list[float]:
+        key = str(found.path)
+        if key not in ctx.scorers:
+            ctx.scorers[key] = RewardScorer(found.path)
+        return ctx.scorers[key].score(seqs)
+
+    rewards = await asyncio.wrap_future(engine.run_job(score))
+    best = max(range(len(results)), key=lambda i: rewards[i])
+    await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [results[best].text])
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": results[best].text},
+                "finish_reason": results[best].finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(results),
+        "best_of": {
+            "n": spec.n,
+            "reward_model": spec.reward_model,
+            "rewards": [round(x, 4) for x in rewards],
+            "chosen": best,
+        },
     }
 
 
