@@ -132,22 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         return await _best_of(body, request, messages, sampling, ref, cid, created)
     results = await complete(request, prompt, ref, sampling, body.n)
     await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [r.text for r in results])
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": body.model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": r.text},
-                "finish_reason": r.finish_reason,
-                "logprobs": None,
-            }
-            for i, r in enumerate(results)
-        ],
-        "usage": _usage(results),
-    }
+    return _completion(cid, created, body.model, results, _usage(results))
 
 
 async def _best_of(
@@ -203,25 +188,35 @@ async def _best_of(
     best = max(range(len(results)), key=lambda i: rewards[i])
     await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [results[best].text])
     return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": body.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": results[best].text},
-                "finish_reason": results[best].finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": _usage(results),
+        **_completion(cid, created, body.model, [results[best]], _usage(results)),
         "best_of": {
             "n": spec.n,
             "reward_model": spec.reward_model,
             "rewards": [round(x, 4) for x in rewards],
             "chosen": best,
         },
+    }
+
+
+def _completion(
+    cid: str, created: int, model: str, results: list[Completion], usage: dict[str, int]
+) -> dict[str, Any]:
+    """The chat.completion object, one choice per result."""
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "finish_reason": r.finish_reason,
+                "logprobs": None,
+            }
+            for i, r in enumerate(results)
+        ],
+        "usage": usage,
     }
 
 
