@@ -62,16 +62,21 @@ def record_generation(
     tenant: str,
     response_id: str,
     model: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, str]] | dict[str, list[dict[str, str]]],
     outputs: list[str] | dict[str, str],
     *,
     task: str | None = None,
     retention_days: float = 30,
 ) -> None:
-    """Keep a returned generation (redacted) so feedback can refer to it."""
+    """Keep a returned generation (redacted) so feedback can refer to it. Analyze keeps one prompt
+    and one output per task (``messages`` and ``outputs`` keyed by task name)."""
     from convtune.pii import redact_text
 
-    prompt = redact_messages(messages)
+    prompt: Any = (
+        {k: redact_messages(m) for k, m in messages.items()}
+        if isinstance(messages, dict)
+        else redact_messages(messages)
+    )
     if isinstance(outputs, dict):
         kept: Any = {k: redact_text(v)[0] for k, v in outputs.items()}
     else:
@@ -206,13 +211,6 @@ def _choice(value: str) -> int | str:
 
 
 def _prompt(row: dict[str, Any]) -> list[dict[str, str]]:
-    """The prompt a pair trains on; an analyze answer's prompt is the transcript + its task's instruction."""
-    prompt = list(row["prompt"])
-    if isinstance(row["outputs"], dict):
-        from tasks.registry import default_registry
-
-        registry = default_registry()
-        name = row["choice"]
-        instruction = registry.get(name).instruction if name in registry.names() else f"Task: {name}"
-        prompt = prompt[:-1] + [{"role": "user", "content": f"{prompt[-1]['content']}\n\n{instruction}"}]
-    return prompt
+    """The prompt a pair trains on (an analyze answer: its task's prompt, as the renderer built it)."""
+    prompt = row["prompt"]
+    return list(prompt[row["choice"]] if isinstance(prompt, dict) else prompt)

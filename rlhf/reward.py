@@ -42,6 +42,16 @@ class RewardModelConfig(BaseModel):
     device: str = "auto"
 
 
+def reward_input_ids(renderer: Any, tokenizer: Any, messages: list[dict[str, str]], answer: str) -> list[int]:
+    """What a reward model scores: the renderer's prompt, then the answer through its end-of-turn
+    token, each piece tokenized on its own as the renderer does (training, serving, best-of-n)."""
+    head, text, _ = renderer.preference_texts(messages, answer, "")
+    return (
+        tokenizer(head, add_special_tokens=False)["input_ids"]
+        + tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
+
+
 def _pairs(cfg: RewardModelConfig, renderer: Any, tokenizer: Any) -> list[dict[str, list[int]]]:
     if not cfg.data.is_file():
         raise ConfigError(f"no data file at {cfg.data}")
@@ -51,23 +61,14 @@ def _pairs(cfg: RewardModelConfig, renderer: Any, tokenizer: Any) -> list[dict[s
             continue
         try:
             r = json.loads(line)
+            messages = r["input"]["messages"]
             good, bad = r["preferred_output"][0]["content"], r["non_preferred_output"][0]["content"]
-            prompt, chosen, rejected = renderer.preference_texts(r["input"]["messages"], good, bad)
+            chosen, rejected = (reward_input_ids(renderer, tokenizer, messages, a) for a in (good, bad))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ConfigError(
                 f"{cfg.data}:{n}: not a preference pair ({type(exc).__name__}: {exc})"
             ) from None
-
-        def ids(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-        head = ids(prompt)
-        out.append(
-            {
-                "chosen_ids": (head + ids(chosen))[-cfg.max_length :],
-                "rejected_ids": (head + ids(rejected))[-cfg.max_length :],
-            }
-        )
+        out.append({"chosen_ids": chosen[-cfg.max_length :], "rejected_ids": rejected[-cfg.max_length :]})
     if len(out) < 2:
         raise ConfigError(f"{cfg.data}: a reward model needs at least 2 preference pairs (one held out)")
     return out
@@ -75,7 +76,6 @@ def _pairs(cfg: RewardModelConfig, renderer: Any, tokenizer: Any) -> list[dict[s
 
 def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     """Train on the pairs not held out, score the held-out ones, write ``cfg.out``; return metrics."""
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForSequenceClassification
@@ -132,7 +132,6 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     }
     write_json_atomic(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    del torch
     return metrics
 
 

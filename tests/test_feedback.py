@@ -187,6 +187,7 @@ def test_best_of_n_returns_the_answer_the_reward_model_prefers(server, tiny_mode
     for change, status, param in (
         ({"best_of": {"n": 3, "reward_model": "nope"}}, 404, "best_of.reward_model"),
         ({"n": 2}, 400, "best_of"),
+        ({"stream": True}, 400, "best_of"),  # never silently streamed without best-of
         ({"model": "rm", "best_of": None}, 400, "model"),
     ):
         r = server.client.post("/v1/chat/completions", headers=h, json={**body, **change})

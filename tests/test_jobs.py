@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EXAMPLES
-from .serve_helpers import make_server
+from .serve_helpers import make_run, make_server
 
 openai = pytest.importorskip("openai")
 
@@ -264,7 +264,6 @@ class _held_worker:
 
 
 def test_dpo_job_aligns_a_tuned_model(server, tiny_model_dir, tmp_path):
-    from .serve_helpers import make_run
 
     server.ctx.models.add("acme", "sft-a", make_run(tiny_model_dir, tmp_path / "sft", seed=5), replace=True)
     oai = client_for(server, server.acme)
@@ -299,7 +298,7 @@ def test_dpo_job_aligns_a_tuned_model(server, tiny_model_dir, tmp_path):
     assert err.value.body["param"] == "training_file"
 
 
-def test_another_tenants_files_jobs_and_models_are_404(server, tmp_path):
+def test_another_tenants_files_jobs_and_models_are_404(server, tiny_model_dir, tmp_path):
     acme, globex = client_for(server, server.acme), client_for(server, server.globex)
     with open(small_file(tmp_path, 2), "rb") as fh:
         f = acme.files.create(file=fh, purpose="fine-tune")
@@ -316,10 +315,11 @@ def test_another_tenants_files_jobs_and_models_are_404(server, tmp_path):
         with pytest.raises(openai.NotFoundError):
             call()
     assert [x.id for x in globex.files.list()] == [] and globex.fine_tuning.jobs.list().data == []
-    ft = next((j.fine_tuned_model for j in acme.fine_tuning.jobs.list(limit=100) if j.fine_tuned_model), None)
-    if ft:
-        with pytest.raises(openai.NotFoundError):
-            globex.chat.completions.create(model=ft, messages=HELLO, max_tokens=4)
+    ft = f"ft:tiny-base:acme::{job.id}"  # registered as a finished job registers its model
+    server.ctx.models.add("acme", ft, make_run(tiny_model_dir, tmp_path / "run", seed=6), replace=True)
+    assert acme.chat.completions.create(model=ft, messages=HELLO, max_tokens=2).choices
+    with pytest.raises(openai.NotFoundError):
+        globex.chat.completions.create(model=ft, messages=HELLO, max_tokens=4)
     assert acme.files.delete(f.id).deleted and f.id not in [x.id for x in acme.files.list()]
 
 
@@ -582,4 +582,9 @@ def test_queue_claims_each_job_once_and_pages_on_both_databases(database_url, tm
     second, _ = db.list_events(ids[0], after=first[-1]["id"], limit=3)
     assert [e["message"] for e in first + second] == ["e4", "e3", "e2", "e1", "e0"] and has_more
     assert db.update_job(ids[0], where_status=["queued"], status="x") is False  # it is running
+    for n in range(2):  # a tenant at its limit gets nothing more, whatever is queued
+        db.add_job(
+            {**base, "id": f"ftjob-limit{n}", "tenant": "t2", "created_at": 2000, "created_ts": 2000.0 + n}
+        )
+    assert db.claim("w", per_tenant=1)["id"] == "ftjob-limit0" and db.claim("w", per_tenant=1) is None
     assert db.stale_running(older_than_s=-1)  # heartbeat in the past relative to "now + 1 s"

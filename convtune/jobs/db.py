@@ -239,9 +239,11 @@ class JobsDB:
                     and_(jobs.c.created_ts == anchor["created_ts"], jobs.c.id < anchor["id"]),
                 )
             )
+        q = q.order_by(jobs.c.created_ts.desc(), jobs.c.id.desc())
+        if not metadata_filter:  # (JSON is filtered here, the same way on every database: no SQL limit then)
+            q = q.limit(limit + 1)
         with self.tx() as c:
-            rows = c.execute(q.order_by(jobs.c.created_ts.desc(), jobs.c.id.desc()).limit(limit + 1)).all()
-        out = [dict(r._mapping) for r in rows]
+            out = [dict(r._mapping) for r in c.execute(q).all()]
         if metadata_filter:
             out = [
                 j
@@ -266,18 +268,26 @@ class JobsDB:
                 .order_by(jobs.c.created_ts, jobs.c.id)
                 .limit(200)
             ).all()
+        running = jobs.alias("running")
         for job_id, tenant in queued:
             if busy.get(tenant, 0) >= per_tenant:
                 continue
-            took = self.update_job(
-                job_id,
-                where_status=["queued"],
-                status="running",
-                worker=worker,
-                heartbeat_at=time.time(),
-                pid=None,
+            # The tenant's limit is re-checked inside the UPDATE: on SQLite (one writer at a time) two
+            # workers cannot both start a job of a tenant at its limit.
+            room = (
+                select(func.count())
+                .select_from(running)
+                .where(running.c.tenant == tenant, running.c.status == "running")
+                .scalar_subquery()
+                < per_tenant
             )
-            if took:
+            with self.tx() as c:
+                took = c.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == "queued", room)
+                    .values(status="running", worker=worker, heartbeat_at=time.time(), pid=None)
+                ).rowcount
+            if took == 1:
                 return self.get_job(job_id)
         return None
 

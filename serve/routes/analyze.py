@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 
 from convtune.attribution import evidence, split_sentences
 from convtune.errors import ConfigError
+from convtune.renderer import TaskTurn
 from serve.bridge import ctx_of, keep_generation, resolve_model, tenant_of
 from serve.errors import APIError, invalid
 from serve.protocol import AnalyzeRequest
@@ -153,10 +154,11 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         completion_tokens += len(answer.token_ids)
     tenant = tenant_of(request)
     analysis_id = f"analysis-{uuid.uuid4().hex[:16]}"
-    transcript = "\n".join(f"{t.speaker}: {t.text}" for t in conv.turns)
-    prompt = [{"role": "user", "content": transcript}]
+    # Each task's prompt as the renderer builds it (transcript, then the task's question), so a
+    # preference pair from feedback trains on the tokens training and serving use.
+    prompts = {t.name: renderer.messages(conv, [TaskTurn(t.instruction)])[0] for t in tasks}
     outputs = {a.task: a.text for a in run.answers}
-    await asyncio.to_thread(keep_generation, request, analysis_id, ref.id, prompt, outputs, "analyze")
+    await asyncio.to_thread(keep_generation, request, analysis_id, ref.id, prompts, outputs, "analyze")
     ctx.metrics.tokens.labels("prompt", tenant).inc(prompt_tokens)
     ctx.metrics.tokens.labels("completion", tenant).inc(completion_tokens)
     return {

@@ -116,6 +116,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     check_context(ctx, prompt, sampling, host.context_window)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
+    if body.best_of is not None:
+        return await _best_of(body, request, messages, prompt, sampling, ref, cid, created)
     if body.stream:
         events = await stream(request, prompt, ref, sampling, body.n)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -128,8 +130,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    if body.best_of is not None:
-        return await _best_of(body, request, messages, sampling, ref, cid, created)
     results = await complete(request, prompt, ref, sampling, body.n)
     await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [r.text for r in results])
     return _completion(cid, created, body.model, results, _usage(results))
@@ -139,6 +139,7 @@ async def _best_of(
     body: ChatCompletionRequest,
     request: Request,
     messages: list[dict[str, str]],
+    prompt: list[int],
     sampling: Any,
     ref: Any,
     cid: str,
@@ -148,7 +149,7 @@ async def _best_of(
     answer), score each with the tenant's reward model on the engine thread, return the best."""
     import dataclasses
 
-    from rlhf.reward import RewardScorer, is_reward_model
+    from rlhf.reward import RewardScorer, is_reward_model, reward_input_ids
 
     ctx = ctx_of(request)
     spec = body.best_of
@@ -167,16 +168,8 @@ async def _best_of(
     if sampling.temperature == 0:
         sampling = dataclasses.replace(sampling, temperature=0.8)
     host, engine = ctx.require_engine()
-    prompt = host.renderer.encode_chat(messages).input_ids
-    results = await complete(request, prompt, ref, sampling, spec.n)
-    tok = host.tokenizer
-    seqs = []
-    for r in results:
-        head, answer, _ = host.renderer.preference_texts(messages, r.text, "")
-        seqs.append(
-            tok(head, add_special_tokens=False)["input_ids"]
-            + tok(answer, add_special_tokens=False)["input_ids"]
-        )
+    results = await complete(request, prompt, ref, sampling, spec.n)  # the prompt as served (context, JSON)
+    seqs = [reward_input_ids(host.renderer, host.tokenizer, messages, r.text) for r in results]
 
     def score() -> list[float]:
         key = str(found.path)
