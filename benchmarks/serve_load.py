@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args, home: Path):
+    def __init__(self, args, home: Path, extra: Sequence[str] = ()):
         from convtune.tenancy import KeyStore, ModelStore
 
         self.key = KeyStore(home / "server.sqlite").create("bench")
@@ -191,6 +192,7 @@ class ServerProcess:
                 str(args.max_batch_size),
                 "--max-tokens-limit",
                 "1024",
+                *extra,
             ],
             env=env,
             stdout=subprocess.DEVNULL,

@@ -47,8 +47,21 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 def cmd_models_add(args: argparse.Namespace) -> int:
     from convtune.tenancy import ModelStore
 
-    m = ModelStore(_home()).add(args.tenant, args.name, args.run, replace=args.replace)
-    print(f"tenant {m.tenant}: model {m.name!r} (base {m.base_model}) -> {m.path}")
+    store = ModelStore(_home())
+    best_of = None
+    if args.best_of is not None or args.reward_model is not None:
+        from convtune.errors import ConfigError
+        from rlhf.reward import is_reward_model
+
+        if args.best_of is None or args.reward_model is None:
+            raise ConfigError("--best-of and --reward-model go together")
+        rm = store.get(args.tenant, args.reward_model)
+        if rm is None or not is_reward_model(rm.path):
+            raise ConfigError(f"{args.reward_model!r} is not one of tenant {args.tenant}'s reward models")
+        best_of = {"n": args.best_of, "reward_model": args.reward_model}
+    m = store.add(args.tenant, args.name, args.run, replace=args.replace, best_of=best_of)
+    extra = f", best-of-{args.best_of} by {args.reward_model}" if best_of else ""
+    print(f"tenant {m.tenant}: model {m.name!r} (base {m.base_model}{extra}) -> {m.path}")
     return 0
 
 
@@ -158,6 +171,9 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--tenant", required=True)
     p.add_argument("--name", required=True, help="the model id clients send")
     p.add_argument("--replace", action="store_true", help="replace an existing model of that name")
+    p.add_argument("--best-of", type=int, metavar="N",
+                   help="chat answers default to the best of N samples (2-16) by --reward-model")
+    p.add_argument("--reward-model", help="one of the tenant's registered reward models")
     p.set_defaults(func=cmd_models_add)
     p = msub.add_parser("list", help="a tenant's models")
     p.add_argument("--tenant", required=True)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from convtune.errors import ConfigError
 
@@ -144,6 +145,7 @@ class TenantModel:
     path: Path  # a finished training run directory
     created_at: int
     base_model: str
+    best_of: dict[str, Any] | None = None  # {"n", "reward_model"}: chat answers default to best-of-n
 
 
 class ModelStore:
@@ -155,9 +157,20 @@ class ModelStore:
     def _dir(self, tenant: str, name: str) -> Path:
         return self.root / check_tenant(tenant) / "models" / check_name("model", name)
 
-    def add(self, tenant: str, name: str, run_dir: str | Path, *, replace: bool = False) -> TenantModel:
-        """Copy a finished run into the tenant's models (atomically: temp folder, then rename)."""
+    def add(self, tenant: str, name: str, run_dir: str | Path, *, replace: bool = False,
+            best_of: dict[str, Any] | None = None) -> TenantModel:
+        """Copy a finished run into the tenant's models (atomically: temp folder, then rename).
+
+        ``best_of`` (``{"n": 2-16, "reward_model": <one of the tenant's models>}``): the model's chat
+        completions default to best-of-n with that reward model (the caller checks it is one)."""
         run = Path(run_dir)
+        if best_of is not None:
+            n, rm = best_of.get("n"), best_of.get("reward_model")
+            if set(best_of) != {"n", "reward_model"} or not isinstance(n, int) or not 2 <= n <= 16:
+                raise ConfigError("best_of needs n (2-16) and reward_model")
+            check_name("model", str(rm))
+            if self.get(tenant, str(rm)) is None:
+                raise ConfigError(f"tenant {tenant!r} has no model {rm!r} (register the reward model first)")
         missing = [f for f in ("adapter", "tokenizer", "config.json", "tasks.json") if not (run / f).exists()]
         if missing:
             raise ConfigError(f"{run} is not a finished training run (missing: {', '.join(missing)})")
@@ -168,7 +181,8 @@ class ModelStore:
         tmp = dest.with_name(f".{name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(run, tmp, ignore=shutil.ignore_patterns("checkpoints", "eval"))
-        (tmp / "registered.json").write_text(json.dumps({"created_at": int(time.time()), "source": str(run)}))
+        info = {"created_at": int(time.time()), "source": str(run), "best_of": best_of}
+        (tmp / "registered.json").write_text(json.dumps(info))
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -181,9 +195,9 @@ class ModelStore:
             return None
         if not (path / "registered.json").is_file():
             return None
-        created = json.loads((path / "registered.json").read_text()).get("created_at", 0)
+        info = json.loads((path / "registered.json").read_text())
         base = json.loads((path / "config.json").read_text()).get("model", {}).get("name", "")
-        return TenantModel(name, tenant, path, int(created), str(base))
+        return TenantModel(name, tenant, path, int(info.get("created_at", 0)), str(base), info.get("best_of"))
 
     def list(self, tenant: str) -> list[TenantModel]:
         folder = self.root / check_tenant(tenant) / "models"

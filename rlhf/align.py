@@ -9,7 +9,7 @@ the same PEFT model: no second copy of the base model in memory). Prompts and
 answers are rendered by :meth:`convtune.renderer.Renderer.preference_texts`, so
 the tokens DPO/KTO see are the tokens the server generates. The output is a
 run directory like any other (``adapter/``, ``tokenizer/``, ``config.json``,
-``tasks.json``, ``metrics.json``): ``convtune models add`` serves it.
+``tasks.json``, ``metrics.json``, ``loss.png``): ``convtune models add`` serves it.
 
 Data: DPO reads preference JSONL (``convtune feedback export`` or a
 ``fine-tune`` preference file); KTO reads ``{"prompt", "completion", "label"}``.
@@ -117,6 +117,7 @@ def align(cfg: AlignConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     ``control.should_training_stop`` ends training early; metrics then say ``stopped: true``
     and nothing is written."""
     from convtune.training.artifacts import write_json_atomic
+    from convtune.training.plot import plot_loss
 
     trainer = build_trainer(cfg)
     for cb in callbacks:
@@ -156,6 +157,7 @@ def align(cfg: AlignConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "seconds": round(time.time() - t0, 1),
         "device": device,
     }
-    write_json_atomic(out / "metrics.json", metrics)
+    plot_loss(out / "loss.png", [tuple(x) for x in metrics["loss"]], [], title=f"{cfg.method}: {run.name}")
+    write_json_atomic(out / "metrics.json", metrics)  # last: a run with metrics.json is complete
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return metrics

@@ -192,3 +192,42 @@ def test_best_of_n_returns_the_answer_the_reward_model_prefers(server, tiny_mode
     ):
         r = server.client.post("/v1/chat/completions", headers=h, json={**body, **change})
         assert r.status_code == status and r.json()["error"]["param"] == param, r.text
+
+    # best-of-n as a model's default (convtune models add --best-of 3 --reward-model rm)
+    from convtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no model 'nope'"):
+        server.ctx.models.add("acme", "sft-bo", sft, best_of={"n": 3, "reward_model": "nope"})
+    with pytest.raises(ConfigError, match="n \\(2-16\\)"):
+        server.ctx.models.add("acme", "sft-bo", sft, best_of={"n": 1, "reward_model": "rm"})
+    server.ctx.models.add("acme", "sft-bo", sft, best_of={"n": 3, "reward_model": "rm"}, replace=True)
+    plain = {"model": "sft-bo", "messages": ASK, "max_tokens": 6, "seed": 3}
+    r = server.client.post("/v1/chat/completions", headers=h, json=plain)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["best_of"]["rewards"]) == 3 and len(r.json()["choices"]) == 1
+    r = server.client.post("/v1/chat/completions", headers=h, json={**plain, "n": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2 and "best_of" not in r.json()
+    r = server.client.post("/v1/chat/completions", headers=h, json={**plain, "stream": True})
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+
+
+def test_cli_registers_a_best_of_default_only_with_a_reward_model(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    from convtune.cli import main
+    from convtune.tenancy import ModelStore
+
+    from .serve_helpers import make_run
+
+    monkeypatch.setenv("CONVTUNE_HOME", str(tmp_path / "home"))
+    sft = make_run(tiny_model_dir, tmp_path / "sft", seed=5)
+    assert main(["models", "add", str(sft), "--tenant", "acme", "--name", "plain"]) == 0
+    args = ["models", "add", str(sft), "--tenant", "acme", "--name", "bo", "--best-of", "4"]
+    for extra in ([], ["--reward-model", "plain"]):  # no reward model; a generation model instead
+        assert main(args + extra) != 0
+        assert "reward" in capsys.readouterr().err
+    (sft / "metrics.json").write_text(json.dumps({"kind": "reward_model"}))  # looks like a reward model
+    assert main(["models", "add", str(sft), "--tenant", "acme", "--name", "rm"]) == 0
+    assert main(args + ["--reward-model", "rm"]) == 0
+    assert ModelStore(tmp_path / "home").get("acme", "bo").best_of == {"n": 4, "reward_model": "rm"}
+    assert "best-of-4 by rm" in capsys.readouterr().out

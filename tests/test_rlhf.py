@@ -76,6 +76,7 @@ def test_alignment_moves_the_policy_adapter_and_keeps_the_reference(method, sft_
 
 def test_align_writes_a_servable_run(sft_run, tmp_path):
     from convtune.tenancy import ModelStore
+    from convtune.training.artifacts import load_run
     from rlhf.align import AlignConfig, align
 
     out = tmp_path / "dpo-run"
@@ -86,6 +87,8 @@ def test_align_writes_a_servable_run(sft_run, tmp_path):
         "adapter_model.safetensors",
     ]
     assert ModelStore(tmp_path / "home").add("acme", "dpo-v1", out).name == "dpo-v1"
+    model, _, _, tasks, _ = load_run(out, device="cpu")  # what `convtune evaluate --run` loads
+    assert tasks and any("lora_" in n for n, _ in model.named_parameters())
 
 
 def test_bad_alignment_data_fails_before_weights_load(sft_run, tmp_path):

@@ -28,7 +28,7 @@ from serve.bridge import (
     tenant_of,
 )
 from serve.errors import APIError, from_exception, invalid
-from serve.protocol import ChatCompletionRequest, EmbeddingRequest
+from serve.protocol import BestOf, ChatCompletionRequest, EmbeddingRequest
 
 router = APIRouter(tags=["openai"])
 
@@ -116,8 +116,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     check_context(ctx, prompt, sampling, host.context_window)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    if body.best_of is not None:
-        return await _best_of(body, request, messages, prompt, sampling, ref, cid, created)
+    best_of = body.best_of or _model_best_of(request, body)
+    if best_of is not None:
+        return await _best_of(body, best_of, request, messages, prompt, sampling, ref, cid, created)
     if body.stream:
         events = await stream(request, prompt, ref, sampling, body.n)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -135,8 +136,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     return _completion(cid, created, body.model, results, _usage(results))
 
 
+def _model_best_of(request: Request, body: ChatCompletionRequest) -> BestOf | None:
+    """The model's registered best-of-n default (``convtune models add --best-of N --reward-model R``);
+    it applies to plain requests (n = 1, not streamed), which return one answer either way."""
+    if body.n != 1 or body.stream:
+        return None
+    found = ctx_of(request).models.get(tenant_of(request), body.model)
+    return BestOf(**found.best_of) if found is not None and found.best_of else None
+
+
 async def _best_of(
     body: ChatCompletionRequest,
+    spec: BestOf,
     request: Request,
     messages: list[dict[str, str]],
     prompt: list[int],
@@ -152,7 +163,6 @@ async def _best_of(
     from rlhf.reward import RewardScorer, is_reward_model, reward_input_ids
 
     ctx = ctx_of(request)
-    spec = body.best_of
     if body.n != 1 or body.stream:
         raise invalid("best_of", "best_of returns one answer: use it with n = 1 and without stream")
     found = ctx.models.get(tenant_of(request), spec.reward_model)
