@@ -171,18 +171,19 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def sample(
-    server: Any,
-    convs: Sequence[Any],
-    n: int,
-    seed: int,
-    temperature: float,
-    max_tokens: int,
-    concurrency: int,
-    desc: str,
+    server: Any, convs: Sequence[Any], knobs: tuple[int, float, int, int], seed: int, desc: str, out: Path
 ) -> list[dict[str, Any]]:
-    """``n`` sampled summaries per conversation from the served SFT adapter (openai client, real HTTP)."""
+    """``n`` sampled summaries per conversation from the served SFT adapter (openai client, real HTTP),
+    written to ``out`` as they arrive: a rerun after a failure asks only for the missing ones."""
+    import threading
+
     import openai
     from tqdm import tqdm
+
+    n, temperature, max_tokens, concurrency = knobs
+    partial = out.with_suffix(".partial.jsonl")
+    have = {r["conversation"]: r for r in read_jsonl(partial)} if partial.is_file() else {}
+    lock = threading.Lock()
 
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=2, timeout=900)
     prompts = summary_prompts(convs)
@@ -196,15 +197,26 @@ def sample(
             max_tokens=max_tokens,
             seed=seed + i,
         )
-        return {
+        row = {
             "conversation": convs[i].id,
             "response_id": r.id,
             "reference": convs[i].labels["summary"],
             "texts": [c.message.content or "" for c in r.choices],
         }
+        with lock, partial.open("a") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return row
 
+    todo = [i for i, c in enumerate(convs) if c.id not in have]
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(tqdm(pool.map(one, range(len(convs))), total=len(convs), desc=desc, unit="conv"))
+        for row in tqdm(
+            pool.map(one, todo), total=len(convs), initial=len(convs) - len(todo), desc=desc, unit="conv"
+        ):
+            have[row["conversation"]] = row
+    rows = [have[c.id] for c in convs]
+    write_jsonl(out, rows)
+    partial.unlink()
+    return rows
 
 
 def rate_and_export(
@@ -380,50 +392,32 @@ def main(argv: list[str] | None = None) -> int:
     if not (prefs.is_file() and test_s.is_file()):
         from benchmarks.serve_load import ServerProcess
 
-        home = work / "home"
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
-        t0 = time.time()
+        home = work / "home"  # the server's keys, models and kept generations (kept for a rerun)
+        home.mkdir(parents=True, exist_ok=True)
         log("starting convtune serve with the demo SFT adapter")
         server = ServerProcess(
             SimpleNamespace(served_name="smollm2-135m-instruct", adapter=SFT_RUN, max_batch_size=16),
             home,
             extra=["--no-worker"],
         )
+        knobs = (args.samples, args.temperature, args.max_tokens, args.concurrency)
         try:
-            s = sample(
-                server,
-                train,
-                args.samples,
-                args.seed,
-                args.temperature,
-                args.max_tokens,
-                args.concurrency,
-                "sampling train summaries",
-            )
-            write_jsonl(train_s, s)
-            timings["sample_train_s"] = round(time.time() - t0, 1)
-            result["feedback"] = rate_and_export(
-                server, s, summary_prompts(train), home, args.pairs_per_prompt, prefs
-            )
             t0 = time.time()
-            write_jsonl(
-                test_s,
-                sample(
-                    server,
-                    test,
-                    args.samples,
-                    args.seed + 10_000,
-                    args.temperature,
-                    args.max_tokens,
-                    args.concurrency,
-                    "sampling test summaries",
-                ),
+            s = (
+                read_jsonl(train_s)
+                if train_s.is_file()
+                else sample(server, train, knobs, args.seed, "sampling train summaries", train_s)
             )
+            timings["sample_train_s"] = round(time.time() - t0, 1)
+            if not prefs.is_file():
+                fb = rate_and_export(server, s, summary_prompts(train), home, args.pairs_per_prompt, prefs)
+                (work / "feedback.json").write_text(json.dumps(fb, indent=1))
+            t0 = time.time()
+            if not test_s.is_file():
+                sample(server, test, knobs, args.seed + 10_000, "sampling test summaries", test_s)
             timings["sample_test_s"] = round(time.time() - t0, 1)
         finally:
             server.close()
-        (work / "feedback.json").write_text(json.dumps(result["feedback"], indent=1))
     result["feedback"] = json.loads((work / "feedback.json").read_text())
     train_samples, test_samples = read_jsonl(train_s), read_jsonl(test_s)
     result["sft_samples"] = {

@@ -174,7 +174,7 @@ class ServerProcess:
         self.key = KeyStore(home / "server.sqlite").create("bench")
         self.model_id = args.served_name
         if args.adapter:
-            ModelStore(home).add("bench", "bench-adapter", args.adapter)
+            ModelStore(home).add("bench", "bench-adapter", args.adapter, replace=True)
             self.model_id = "bench-adapter"
         self.port = free_port()
         env = {**os.environ, "CONVTUNE_HOME": str(home), "HF_HUB_OFFLINE": "1"}

@@ -140,6 +140,27 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_online(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from convtune.errors import ConfigError
+    from rlhf.online import OnlineConfig, online
+
+    try:
+        cfg = OnlineConfig(run=args.run, data=args.data, out=args.out, task=args.task,
+                           reward_model=args.reward_model, metric_weight=args.metric_weight,
+                           reward_model_weight=args.reward_model_weight, num_generations=args.num_generations,
+                           max_completion_length=args.max_completion_length, beta=args.beta,
+                           max_steps=args.max_steps, lr=args.lr, seed=args.seed)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(e["msg"] for e in exc.errors())) from None
+    m = online(cfg)
+    last = m["reward"][-1][1] if m["reward"] else None
+    print(f"rloo: {m['steps']} steps on {m['prompts']} {cfg.task} prompts, final mean reward {last} "
+          f"-> {args.out}")
+    return 0
+
+
 def cmd_reward(args: argparse.Namespace) -> int:
     from rlhf.reward import RewardModelConfig, train_reward_model
 
@@ -241,6 +262,25 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_reward)
+
+    p = sub.add_parser("online-rl", help="RLOO on top of a finished SFT run (task metric + reward model)",
+                       description="Sample answers to a task's prompts on labelled conversations and train "
+                       "the run's adapter with TRL RLOO, rewarded by its metric against the gold label "
+                       "and/or a reward model. Writes a new run directory.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="the SFT run to start from")
+    p.add_argument("--data", type=Path, required=True, help="labelled conversations")
+    p.add_argument("--out", type=Path, required=True, help="the new run directory")
+    p.add_argument("--task", default="summary")
+    p.add_argument("--reward-model", type=Path, help="a reward model run (convtune reward-model)")
+    p.add_argument("--metric-weight", type=float, default=1.0, help="0: reward model only")
+    p.add_argument("--reward-model-weight", type=float, default=1.0)
+    p.add_argument("--num-generations", type=int, default=4, help="answers sampled per prompt")
+    p.add_argument("--max-completion-length", type=int, default=96)
+    p.add_argument("--beta", type=float, default=0.0, help="KL penalty to the frozen SFT adapter")
+    p.add_argument("--max-steps", type=int, default=16, help="CPU: each step samples and trains (16)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_online)
 
     fb = sub.add_parser("feedback", help="users' feedback on served generations")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")

@@ -18,7 +18,6 @@ Data: DPO reads preference JSONL (``convtune feedback export`` or a
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from convtune.errors import ConfigError
-from rlhf.common import load_run_parts, trl_args
+from rlhf.common import load_run_parts, trl_args, write_policy_run
 
 
 class AlignConfig(BaseModel):
@@ -116,9 +115,6 @@ def align(cfg: AlignConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     ``TrainerCallback`` objects (the jobs runner's event publisher). A callback that sets
     ``control.should_training_stop`` ends training early; metrics then say ``stopped: true``
     and nothing is written."""
-    from convtune.training.artifacts import write_json_atomic
-    from convtune.training.plot import plot_loss
-
     trainer = build_trainer(cfg)
     for cb in callbacks:
         trainer.add_callback(cb)
@@ -129,18 +125,6 @@ def align(cfg: AlignConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if any(getattr(cb, "stop_requested", False) for cb in callbacks):
         return {"stopped": True, "steps": trainer.state.global_step}
     history = [h for h in trainer.state.log_history if "loss" in h]
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, selected_adapters=["default"], safe_serialization=True)
-    adapter_src = tmp / "default" if (tmp / "default").is_dir() else tmp
-    shutil.rmtree(out / "adapter", ignore_errors=True)
-    shutil.copytree(adapter_src, out / "adapter", ignore=shutil.ignore_patterns("README.md"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
-    for name in ("config.json", "tasks.json"):
-        shutil.copy2(run / name, out / name)
     metrics = {
         "method": cfg.method,
         "from_run": str(run),
@@ -157,7 +141,5 @@ def align(cfg: AlignConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         "seconds": round(time.time() - t0, 1),
         "device": device,
     }
-    plot_loss(out / "loss.png", [tuple(x) for x in metrics["loss"]], [], title=f"{cfg.method}: {run.name}")
-    write_json_atomic(out / "metrics.json", metrics)  # last: a run with metrics.json is complete
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    write_policy_run(trainer, run, cfg.out, metrics)
     return metrics

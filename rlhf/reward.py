@@ -125,6 +125,7 @@ def train_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
         "data": str(cfg.data),
         "train_pairs": len(train),
         "held_out_pairs": len(test),
+        "max_length": cfg.max_length,  # sequences keep their last max_length tokens (scoring too)
         "pairwise_accuracy": accuracy,
         "steps": trainer.state.global_step,
         "final_loss": round(float(history[-1]["loss"]), 5) if history else None,
@@ -181,6 +182,8 @@ class RewardScorer:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         self.model = PeftModel.from_pretrained(base, folder / "adapter").eval()
+        metrics = json.loads((folder / "metrics.json").read_text())
+        self.max_length = int(metrics.get("max_length") or 1024)  # as in training: the last tokens
 
     def score(self, sequences: list[list[int]]) -> list[float]:
-        return score(self.model, sequences)
+        return score(self.model, [ids[-self.max_length :] for ids in sequences])

@@ -87,6 +87,7 @@ class GenRequest:
     done: bool = False
     guide: Any = None  # convtune.guided.Guide while decoding a JSON-mode request
     links: Any = None  # serve.links.LinkStripper when sampling.strip_links
+    released: bool = False  # its admission slot was given back (when it finished)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -189,6 +190,16 @@ class Engine:
         with self._cv:
             self._inflight -= n
 
+    def _release_requests(self, requests: list[GenRequest]) -> None:
+        """Give back the admission slots of ``requests`` not given back yet. Called as requests finish
+        inside a running batch (under continuous batching a batch can run as long as requests keep
+        joining it) and, for the rest, when the batch ends."""
+        fresh = [r for r in requests if not r.released]
+        for r in fresh:
+            r.released = True
+        if fresh:
+            self._release(len(fresh))
+
     # ---- the loop (engine thread) ---------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -226,7 +237,7 @@ class Engine:
                                 code="internal_error",
                             ),
                         )
-            self._release(len(batch) + len(joined))
+            self._release_requests(batch + joined)
 
     def _run_job(self, job: _Job) -> None:
         try:
@@ -358,7 +369,8 @@ class Engine:
                 running = [g for g, i in enumerate(group) if not batch[i].done]
                 if not running:
                     break
-                if len(running) < len(group):  # finished rows leave the batch
+                if len(running) < len(group):  # finished rows leave the batch (and free their slots)
+                    self._release_requests([batch[i] for i in group if batch[i].done])
                     idx = torch.tensor(running, dtype=torch.long, device=gen.device)
                     from transformers import DynamicCache
 

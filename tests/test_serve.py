@@ -447,7 +447,8 @@ def test_mixed_adapter_batch_is_byte_identical_to_solo_runs(server):
 
 def test_requests_join_a_running_batch_with_solo_outputs(server):
     """Continuous batching: requests queued while a batch decodes join it at the next step
-    (their cache rows merged in), and every output equals its solo run byte for byte."""
+    (their cache rows merged in), every output equals its solo run byte for byte, and a finished
+    request frees its admission slot at once (a batch that keeps taking joiners may never end)."""
     import time
 
     from serve.engine import GenRequest, Sampling
@@ -467,12 +468,20 @@ def test_requests_join_a_running_batch_with_solo_outputs(server):
     solo = [_run(engine, [req(*c)])[0][0] for c in cases]
     first = req(*cases[0])
     late = [req(*c) for c in cases[1:]]
-    late_out = []
+    late_out, slots = [], []
     sent = threading.Event()
+
+    def run_late():
+        late_out.append(_run(engine, late)[0])
+        # the joiners finished: their admission slots are free while the first request still decodes
+        until = time.monotonic() + 5
+        while engine.inflight > 1 and not done.is_set() and time.monotonic() < until:
+            time.sleep(0.001)
+        slots.append((engine.inflight, done.is_set()))
 
     def submit_late():  # runs on the engine thread after the first token: the batch is running
         sent.set()
-        late_out.append(threading.Thread(target=lambda: late_out.append(_run(engine, late)[0])))
+        late_out.append(threading.Thread(target=run_late))
         late_out[0].start()
 
     texts, started = [], []
@@ -494,6 +503,7 @@ def test_requests_join_a_running_batch_with_solo_outputs(server):
     late_out[0].join(60)
     assert engine.joins - before_joins == 2 and engine.batches == before_batches + 1
     assert ["".join(texts), *late_out[1]] == solo
+    assert slots == [(1, False)] and engine.inflight == 0
 
 
 def test_cancel_and_deadline_stop_generation(server):
