@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rm-epochs", type=int, default=2)
     ap.add_argument("--rm-lr", type=float, default=3e-4)
     ap.add_argument("--dpo-epochs", type=int, default=1)
-    ap.add_argument("--dpo-lr", type=float, default=2e-4)
+    ap.add_argument("--dpo-lr", type=float, default=5e-5, help="5e-5 (convtune align's default)")
     ap.add_argument("--dpo-beta", type=float, default=0.1)
     ap.add_argument(
         "--tolerance",
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"reward model: {result['reward_model']}; best-of-n: {result['best_of_n']}")
 
     # 4. DPO --------------------------------------------------------------------------------------------
-    dpo_dir = work / "dpo"
+    dpo_dir = work / f"dpo-lr{args.dpo_lr:g}-beta{args.dpo_beta:g}-ep{args.dpo_epochs}"  # one per setting
     dpo_cfg = AlignConfig(
         run=SFT_RUN,
         data=prefs,
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     # 5. held-out evaluation: SFT vs DPO ------------------------------------------------------------------
     evals = {}
     for name, run in (("sft", SFT_RUN), ("dpo", dpo_dir)):
-        f = work / f"eval_{name}.json"
+        f = work / f"eval_{run.name if name == 'dpo' else name}.json"
         stage(timings, f"eval_{name}", f, lambda run=run, name=name, f=f: evaluate_run(run, test, name, f))
         evals[name] = json.loads(f.read_text())
     ref_of = {c.id: c.labels["summary"] for c in test}

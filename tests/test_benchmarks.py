@@ -89,3 +89,22 @@ def test_embeddings_index_scale_reports_recall_per_ef_search(tmp_path):
     assert row["hnsw_index_bytes_per_100k"] > row["flat_index_bytes_per_100k"] > 0
     texts = bench.real_texts(tmp_path / "no-datasets")
     assert texts == []  # no datasets: the caller falls back to random vectors
+
+
+def test_feedback_experiment_rule_is_the_documented_preference():
+    fa = load_script("feedback_alignment")
+    ref = ("Customer was charged a $35 activation fee for a line added online. "
+           "Agent applied a $35 credit to the next statement.")
+    good = "Customer disputed a $35 activation fee. Agent applied a credit to the next bill."
+    assert fa.clauses(good, ref) == dict.fromkeys(
+        ("at_most_2_sentences", "at_most_30_words", "names_issue", "names_resolution"), True
+    )
+    assert fa.rating(good, ref) == 5 and fa.satisfied(good, ref)
+    long = good + " " + " ".join(["The customer then talked about other things."] * 2)
+    assert fa.clauses(long, ref)["at_most_2_sentences"] is False and not fa.satisfied(long, ref)
+    vague = "Customer called. Agent helped the customer and the customer said thanks."
+    c = fa.clauses(vague, ref)  # "customer"/"agent"/"called" name nothing
+    assert c["names_issue"] is False and c["names_resolution"] is False and fa.rating(vague, ref) == 3
+    # test pairs: every two answers of a prompt with different ratings, better first
+    samples = [{"reference": ref, "texts": [good, vague, vague]}]
+    assert fa.test_pairs(samples) == [(0, 0, 1), (0, 0, 2)]

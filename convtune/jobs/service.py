@@ -187,9 +187,11 @@ def _queue(db: JobsDB, row: dict[str, Any], train: dict[str, Any]) -> dict[str, 
     db.add_event(
         job_id, f"Validated training file {row['training_file']}: {train['records']} {train['kind']} records"
     )
+    job = db.get_job(job_id)
     db.update_job(job_id, status="queued")
     db.add_event(job_id, "Job queued")
-    return db.get_job(job_id)
+    # the job as created: a worker may claim it the moment it is queued (retrieve shows it running)
+    return {**job, "status": "queued"}
 
 
 def _create_dpo_job(
