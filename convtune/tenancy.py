@@ -52,6 +52,8 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+BEST_OF_N = (2, 16)  # the answers best-of-n may sample (a model's default and a request's)
+
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -161,13 +163,14 @@ class ModelStore:
             best_of: dict[str, Any] | None = None) -> TenantModel:
         """Copy a finished run into the tenant's models (atomically: temp folder, then rename).
 
-        ``best_of`` (``{"n": 2-16, "reward_model": <one of the tenant's models>}``): the model's chat
+        ``best_of`` (``{"n": BEST_OF_N, "reward_model": <one of the tenant's models>}``): the model's chat
         completions default to best-of-n with that reward model (the caller checks it is one)."""
         run = Path(run_dir)
         if best_of is not None:
             n, rm = best_of.get("n"), best_of.get("reward_model")
-            if set(best_of) != {"n", "reward_model"} or not isinstance(n, int) or not 2 <= n <= 16:
-                raise ConfigError("best_of needs n (2-16) and reward_model")
+            lo, hi = BEST_OF_N
+            if set(best_of) != {"n", "reward_model"} or not isinstance(n, int) or not lo <= n <= hi:
+                raise ConfigError(f"best_of needs n ({lo}-{hi}) and reward_model")
             check_name("model", str(rm))
             if self.get(tenant, str(rm)) is None:
                 raise ConfigError(f"tenant {tenant!r} has no model {rm!r} (register the reward model first)")

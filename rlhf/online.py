@@ -18,7 +18,8 @@ RLOO (REINFORCE leave-one-out: each answer's advantage is its reward minus the
 mean of the others for the same prompt) raises the likelihood of the better
 ones. ``beta`` > 0 adds a KL penalty to the reference, the SFT adapter frozen
 (TRL copies it into a "ref" adapter of the same model: no second model copy).
-Prompts are the renderer's text (what the server sends the model). The output
+Prompts are the renderer's text; TRL tokenizes each in one piece, which gives the
+renderer's ids because its pieces meet at the template's special tokens (tested). The output
 is a run directory like any other (``convtune models add`` serves it, ``convtune
 evaluate`` scores it).
 

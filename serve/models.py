@@ -37,6 +37,7 @@ class ModelRef:
     adapter_key: str | None  # "<tenant>/<name>" for an adapter, None for the base model
     path: Path | None  # the registered run directory
     tenant: str | None
+    best_of: tuple[int, str] | None = None  # the model's registered best-of-n default: (n, reward model)
 
 
 @dataclass
@@ -82,7 +83,8 @@ class ModelHost:
                 param="model",
                 code="not_a_generator",
             )
-        return ModelRef(model_id, f"{tenant}/{model_id}", found.path, tenant)
+        best_of = (found.best_of["n"], found.best_of["reward_model"]) if found.best_of else None
+        return ModelRef(model_id, f"{tenant}/{model_id}", found.path, tenant, best_of)
 
     def list(self, tenant: str) -> list[dict[str, Any]]:
         base = {

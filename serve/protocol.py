@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from convtune.tenancy import BEST_OF_N
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -82,7 +84,7 @@ class BestOf(BaseModel):
     """convtune extension: sample ``n`` answers, return the one the tenant's reward model scores highest."""
 
     model_config = ConfigDict(extra="forbid")
-    n: int = Field(4, ge=2, le=16)
+    n: int = Field(4, ge=BEST_OF_N[0], le=BEST_OF_N[1])
     reward_model: str = Field(min_length=1, max_length=200, description="one of your reward models")
 
 

@@ -178,6 +178,16 @@ def test_rloo_moves_the_policy_by_metric_and_reward_model_rewards(sft_run, tmp_p
                        temperature=1.0)
     trainer = build_trainer(cfg)
     assert [f.__name__ for f in trainer.reward_funcs] == ["task_metric", "reward_model"]
+    from convtune.data import load_conversations
+    from convtune.evaluation.evaluate import resolve_tasks
+    from convtune.renderer import TaskTurn
+    from rlhf.common import load_run_parts
+
+    _, _, renderer = load_run_parts(sft_run)
+    (task,) = resolve_tasks(["summary"], run_dir=sft_run)
+    conv = load_conversations(cfg.data)[1][0]
+    served = renderer.encode(conv, [TaskTurn(task.instruction)]).input_ids
+    assert trainer.processing_class(text=trainer.train_dataset[0]["prompt"])["input_ids"] == served
     model = trainer.model
     sft = _lora(model, "default")
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}

@@ -116,7 +116,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     check_context(ctx, prompt, sampling, host.context_window)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
-    best_of = body.best_of or _model_best_of(request, body)
+    best_of = body.best_of or _model_best_of(ref, body)
     if best_of is not None:
         return await _best_of(body, best_of, request, messages, prompt, sampling, ref, cid, created)
     if body.stream:
@@ -136,13 +136,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     return _completion(cid, created, body.model, results, _usage(results))
 
 
-def _model_best_of(request: Request, body: ChatCompletionRequest) -> BestOf | None:
-    """The model's registered best-of-n default (``convtune models add --best-of N --reward-model R``);
-    it applies to plain requests (n = 1, not streamed), which return one answer either way."""
-    if body.n != 1 or body.stream:
+def _model_best_of(ref: Any, body: ChatCompletionRequest) -> BestOf | None:
+    """The model's registered best-of-n default (``convtune models add --best-of N --reward-model R``,
+    read when the model id was resolved); it applies to plain requests (n = 1, not streamed), which
+    return one answer either way."""
+    if body.n != 1 or body.stream or ref.best_of is None:
         return None
-    found = ctx_of(request).models.get(tenant_of(request), body.model)
-    return BestOf(**found.best_of) if found is not None and found.best_of else None
+    n, reward_model = ref.best_of
+    return BestOf(n=n, reward_model=reward_model)
 
 
 async def _best_of(
