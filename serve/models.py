@@ -47,6 +47,7 @@ class LoadedAdapter:
     task_names: list[str]
     few_shot: dict[str, Any] | None
     path: Path
+    predictors: Any = None  # the run's label-task predictors (convtune.predictors); encoder loads on first use
 
 
 class ModelHost:
@@ -178,8 +179,11 @@ class ModelHost:
                 self.model.load_adapter(ref.path / "adapter", adapter_name=alias)
         self.model.eval()
         renderer = Renderer.from_settings(self.tokenizer, info["renderer"])
+        from convtune.predictors import load_predictors
+
         self.loaded[key] = LoadedAdapter(
-            alias, renderer, [t["name"] for t in info["tasks"]], info.get("few_shot"), ref.path
+            alias, renderer, [t["name"] for t in info["tasks"]], info.get("few_shot"), ref.path,
+            load_predictors(ref.path),
         )
         log.info("adapter %s loaded as %s (%d in memory)", key, alias, len(self.loaded))
 

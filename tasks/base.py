@@ -17,6 +17,22 @@ from convtune.conversation import Conversation
 
 
 @dataclass(frozen=True)
+class LabelField:
+    """One label of a task that a discriminative predictor can answer (an encoder head, k-NN).
+
+    ``key`` is the task name for a classification task and ``task.part`` for a part of a
+    structured label (``sentiment.start``); ``view`` names the text the predictor reads
+    (:mod:`tasks.views`); ``metric`` (``accuracy`` or ``macro_f1``) is what selection on
+    validation maximises for this field.
+    """
+
+    key: str
+    labels: tuple[str, ...]
+    view: str
+    metric: str = "accuracy"
+
+
+@dataclass(frozen=True)
 class Parsed:
     """The result of parsing one generation. ``value`` is None when ``ok`` is False."""
 
@@ -59,6 +75,18 @@ class Task(ABC):
     #: The headline key of ``score()``'s result (higher is better), for model selection and reports.
     primary_metric: str | None = None
 
+    def label_fields(self) -> list[LabelField]:
+        """The labels of this task a discriminative predictor may answer (empty: generated only)."""
+        return []
+
+    def field_values(self, label: Any) -> dict[str, str]:
+        """A (valid) gold label -> its value per label field key."""
+        raise NotImplementedError(f"task {self.name!r} has no label fields")
+
+    def from_fields(self, values: dict[str, str]) -> Any:
+        """Values per label field key -> the task's label (inverse of :meth:`field_values`)."""
+        raise NotImplementedError(f"task {self.name!r} has no label fields")
+
     def output_schema(self) -> dict[str, Any] | None:
         """JSON schema of a structured answer, for grammar-guided decoding
         (:mod:`convtune.guided`); None for tasks answered in free text or by label."""
@@ -97,6 +125,12 @@ class Task(ABC):
             return parse(text)
         except Exception as exc:  # noqa: BLE001 - the parse contract is "never raises"
             return Parsed(None, False, f"parser error: {type(exc).__name__}: {exc}")
+
+
+def label_fields_of(task: Any) -> list[LabelField]:
+    """``task.label_fields()``, or none for task-like objects that do not define it."""
+    fields = getattr(task, "label_fields", None)
+    return list(fields()) if callable(fields) else []
 
 
 def failed(error: str) -> Parsed:

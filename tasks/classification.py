@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from convtune.errors import ConfigError
-from tasks.base import Parsed, Task, check_lengths, failed
+from tasks.base import LabelField, Parsed, Task, check_lengths, failed
 from tasks.metrics import stem_plural, accuracy, failure_rate, macro_f1, normalize_label
 from tasks.parsing import strip_answer_prefix, strip_fences, strip_quotes
+from tasks.views import VIEWS
 
 #: The default intent label set (examples/data/README.md).
 INTENT_LABELS: tuple[str, ...] = (
@@ -51,6 +52,7 @@ class ClassificationTask(Task):
     label sets (Banking77's 77 intents cost ~500 prompt tokens per example) a tuned model
     learns the labels and ``constrained=True`` decoding keeps answers inside the set.
     ``constrained`` is the task's default for evaluation and serving (callers may override).
+    ``reads`` is the view (:mod:`tasks.views`) an encoder head or k-NN predictor reads.
     """
 
     kind = "classification"
@@ -58,13 +60,17 @@ class ClassificationTask(Task):
     fuzzy_margin = 0.1
 
     def __init__(self, name: str, question: str, labels: Sequence[str], *,
-                 primary_metric: str = "accuracy", show_labels: bool = True, constrained: bool = False):
+                 primary_metric: str = "accuracy", show_labels: bool = True, constrained: bool = False,
+                 reads: str = "customer"):
         labels = tuple(labels)
         problems = label_set_problems(labels)
         if problems:
             raise ConfigError(f"task {name!r}: " + "; ".join(problems))
         if primary_metric not in ("accuracy", "macro_f1"):
             raise ConfigError(f"task {name!r}: primary metric must be accuracy or macro_f1")
+        if reads not in VIEWS:
+            raise ConfigError(f"task {name!r}: reads must be one of {', '.join(VIEWS)}, got {reads!r}")
+        self.reads = reads
         self.name = name
         self.labels = labels
         self.primary_metric = primary_metric
@@ -80,6 +86,15 @@ class ClassificationTask(Task):
         if label not in self.labels:
             raise ValueError(f"{label!r} is not a label of task {self.name!r}")
         return label
+
+    def label_fields(self) -> list[LabelField]:
+        return [LabelField(self.name, self.labels, self.reads, self.primary_metric)]
+
+    def field_values(self, label: Any) -> dict[str, str]:
+        return {self.name: label}
+
+    def from_fields(self, values: dict[str, str]) -> Any:
+        return values[self.name]
 
     def _mentioned(self, text: str) -> list[str]:
         words = _words(text)
@@ -177,4 +192,5 @@ class IntentTask(ClassificationTask):
             "What is the customer's main reason for contact?",
             INTENT_LABELS if labels is None else labels,
             primary_metric="macro_f1",
+            reads="customer_first",
         )

@@ -15,7 +15,10 @@ gets "Answer with a JSON list of strings, [] if none."; text gets nothing.
 List tasks may set ``match_threshold`` (token-set similarity, default 0.5).
 Classification tasks may set ``show_labels: false`` (large label sets: the
 prompt says "Answer with one label." and a tuned model learns the labels) and
-``constrained: true`` (answers are the most likely label of the set).
+``constrained: true`` (answers are the most likely label of the set), and
+``reads`` (what an encoder-head predictor reads: ``customer`` (default),
+``customer_first``, ``customer_start``, ``customer_end`` or ``all``; see
+:mod:`tasks.views`).
 
 Every problem in the file is reported at once (:class:`DataValidationError`
 with file, line for YAML, field and entry name); a missing or unreadable file
@@ -37,6 +40,7 @@ from tasks.base import Task
 from tasks.classification import ClassificationTask, label_set_problems
 from tasks.lists import StringListTask
 from tasks.text import TextTask
+from tasks.views import VIEWS
 
 LIST_FORMAT = "Answer with a JSON list of strings, [] if none."
 METRICS = {"classification": ("accuracy", "macro_f1"), "text": ("rouge",), "list": ("f1",)}
@@ -56,6 +60,7 @@ class TaskSpec(BaseModel):
     match_threshold: float | None = Field(default=None, gt=0, le=1)
     show_labels: bool | None = None  # classification: list the labels in the prompt (default true)
     constrained: bool | None = None  # classification: decode constrained to the labels (default false)
+    reads: str | None = None  # classification: what an encoder head reads (tasks.views; default customer)
 
 
 def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
@@ -77,7 +82,10 @@ def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("metric", f"{metric!r} does not apply to a {kind} task (use {use})"))
     if kind in METRICS and kind != "list" and raw.get("match_threshold") is not None:
         out.append(("match_threshold", "only list tasks have a match_threshold"))
-    for key in ("show_labels", "constrained"):
+    reads = raw.get("reads")
+    if reads is not None and reads not in VIEWS:
+        out.append(("reads", f"unknown view {reads!r}; one of {', '.join(VIEWS)}"))
+    for key in ("show_labels", "constrained", "reads"):
         if kind in METRICS and kind != "classification" and raw.get(key) is not None:
             out.append((key, f"only classification tasks have {key}"))
     return out
@@ -89,7 +97,8 @@ def build_task(spec: TaskSpec) -> Task:
         return ClassificationTask(spec.name, spec.instruction, spec.labels or (),
                                   primary_metric=spec.metric or "accuracy",
                                   show_labels=spec.show_labels is not False,
-                                  constrained=bool(spec.constrained))
+                                  constrained=bool(spec.constrained),
+                                  reads=spec.reads or "customer")
     if spec.type == "text":
         return TextTask(spec.name, spec.instruction)
     return StringListTask(spec.name, f"{spec.instruction} {LIST_FORMAT}",

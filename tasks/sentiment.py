@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from tasks.base import Parsed, Task, check_lengths
+from tasks.base import LabelField, Parsed, Task, check_lengths
 from tasks.lists import lower_keys
 from tasks.metrics import accuracy, failure_rate, macro_f1
 from tasks.parsing import dumps, parse_structured, validation_problems
@@ -59,6 +59,19 @@ class SentimentTask(Task):
 
     def parse(self, text: str) -> Parsed:
         return self.safe_parse(text, self._parse)
+
+    #: The view each part of the label is predicted from by an encoder head / k-NN.
+    views = {"overall": "customer", "start": "customer_start", "end": "customer_end"}
+
+    def label_fields(self) -> list[LabelField]:
+        return [LabelField(f"{self.name}.{part}", SENTIMENTS, view, "macro_f1")
+                for part, view in self.views.items()]
+
+    def field_values(self, label: Any) -> dict[str, str]:
+        return {f"{self.name}.{part}": label[part] for part in self.views}
+
+    def from_fields(self, values: dict[str, str]) -> Any:
+        return {part: values[f"{self.name}.{part}"] for part in self.views}
 
     def output_schema(self) -> dict[str, Any]:
         return self._adapter.json_schema()

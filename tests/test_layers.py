@@ -19,6 +19,7 @@ RANKS: dict[str, int] = {
     "embeddings": 1,
     "convtune.training": 2,
     "convtune.evaluation": 2,
+    "convtune.predictors": 2,  # per-task predictors (encoder head, k-NN, ensemble) chosen on validation
     "rlhf": 3,
     "convtune.jobs": 3,  # files, job queue, worker, job runner (trains via convtune.training)
     "convtune.cli": 4,

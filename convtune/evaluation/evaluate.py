@@ -23,7 +23,7 @@ from typing import Any
 
 from convtune.conversation import Conversation
 from convtune.errors import ConfigError, DataValidationError, Problem
-from convtune.evaluation.generate import AnswerRun, Generator, answer_tasks
+from convtune.evaluation.generate import AnswerRun, Generator
 from convtune.renderer import ContextChunk, Renderer
 
 # ---- models -----------------------------------------------------------------------
@@ -40,6 +40,7 @@ class LoadedModel:
     task_names: list[str] | None = None  # the tasks a run was trained on
     run_dir: Path | None = None
     few_shot: dict[str, Any] | None = None  # a run trained with retrieved examples: {"k", "tasks", "index"}
+    predictors: Any = None  # the run's recorded per-task predictors (convtune.predictors), tuned runs only
 
     def few_shot_context(self, conversations: Sequence[Conversation], tasks: Sequence[Any]
                          ) -> dict[str, list[ContextChunk]] | None:
@@ -79,10 +80,13 @@ def load_for_eval(ref: str | Path, *, device: str = "auto") -> LoadedModel:
             from convtune.training import load_run
         except ImportError as exc:  # the training package is not installed/ready
             raise ConfigError(f"cannot load run {ref}: convtune.training is unavailable ({exc})") from None
+        from convtune.predictors import load_predictors
+
         model, tokenizer, renderer, task_names, few_shot = load_run(Path(ref), device=device)
         model.eval()
         return LoadedModel(model, tokenizer, renderer, name=f"tuned ({Path(ref).name})",
-                           task_names=list(task_names), run_dir=Path(ref), few_shot=few_shot)
+                           task_names=list(task_names), run_dir=Path(ref), few_shot=few_shot,
+                           predictors=load_predictors(ref))
     from convtune.models import load_model
 
     model, tokenizer = load_model(str(ref), device=device)
@@ -274,6 +278,7 @@ def evaluate(
     device: str = "auto",
     context: Mapping[str, Sequence[ContextChunk]] | None = None,
     progress: Callable[[str], None] | None = None,
+    predictors: bool = True,
 ) -> EvalResult:
     """Answer, parse and score every task on every labelled conversation.
 
@@ -285,6 +290,8 @@ def evaluate(
         tasks: task objects or registry names; default: the run's tasks, else the core tasks.
         strategy, reuse_cache, constrained, max_new_tokens, context: see
             :func:`convtune.evaluation.generate.answer_tasks`.
+        predictors: answer label tasks with the run's recorded predictors (what serving does);
+            False: the language model answers every task.
     """
     source = "conversations"
     if isinstance(conversations, (str, Path)):
@@ -300,7 +307,7 @@ def evaluate(
         model = LoadedModel(model, tokenizer, renderer or Renderer(tokenizer), name=name or "model")
     elif renderer is not None:
         model = LoadedModel(model.model, model.tokenizer, renderer, model.name, model.task_names,
-                            model.run_dir, model.few_shot)
+                            model.run_dir, model.few_shot, model.predictors)
     task_objs = resolve_tasks(tasks, run_dir=model.run_dir, default=model.task_names)
     check_gold(conversations, task_objs, source)
     labelled = [c for c in conversations if any(t.has_label(c) for t in task_objs)]
@@ -310,9 +317,12 @@ def evaluate(
     import torch
 
     t0 = time.perf_counter()
+    from convtune.predictors.answer import answer_with_predictors
+
     with torch.inference_mode():
-        run = answer_tasks(
+        run = answer_with_predictors(
             Generator(model.model, model.tokenizer), model.renderer, labelled, task_objs,
+            model.predictors if predictors else None,
             strategy=strategy, batch_size=batch_size, reuse_cache=reuse_cache, constrained=constrained,
             max_new_tokens=max_new_tokens, only_labelled=True, context=context, progress=progress,
         )
@@ -324,5 +334,6 @@ def evaluate(
         n_conversations=len(labelled), seconds=seconds, tasks=results, records=records,
         settings={"constrained_tasks": run.extra["constrained_tasks"],
                   "max_new_tokens": run.extra["max_new_tokens"],
+                  "predictors": run.extra.get("predictors", {t.name: "lm" for t in task_objs}),
                   "device": str(next(model.model.parameters()).device)},
     )

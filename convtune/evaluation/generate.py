@@ -476,6 +476,9 @@ class Answer:
     computed_prompt_tokens: int  # prompt tokens actually computed (the rest came from the cache)
     seconds: float  # this answer's share of its batch's wall time
     label_scores: dict[str, float] | None = None  # constrained: label -> log-likelihood
+    predictor: str = "lm"  # what answered: lm, or a run's recorded predictor (convtune.predictors)
+    confidence: float | None = None  # the chosen label's probability (label answers)
+    field_confidence: dict[str, float] | None = None  # per label field (sentiment.start, ...)
 
 
 @dataclass
@@ -554,6 +557,15 @@ class _Candidates:
                 ids.append(span[:cut])
             self._cache[task.name] = (labels, texts, ids)
         return self._cache[task.name]
+
+
+def label_share(scores: Mapping[str, float], chosen: str) -> float:
+    """The chosen label's softmax share over the scored labels (its confidence)."""
+    import math
+
+    top = max(scores.values())
+    z = sum(math.exp(v - top) for v in scores.values())
+    return round(math.exp(scores.get(chosen, top) - top) / z, 4)
 
 
 def constrainable(task: Any) -> bool:
@@ -685,6 +697,7 @@ def answer_tasks(
                 conversation_id=conversations[it[0]].id, task=task.name, text=g.text, token_ids=g.token_ids,
                 stopped=g.stopped, constrained=is_constrained, prompt_tokens=len(it[1].input_ids),
                 computed_prompt_tokens=computed[r], seconds=share, label_scores=label_scores[r],
+                confidence=label_share(label_scores[r], g.text) if label_scores[r] else None,
             )
         return answers
 

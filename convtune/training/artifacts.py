@@ -6,7 +6,9 @@ A finished run directory holds exactly::
     tokenizer/       tokenizer.json, tokenizer_config.json, chat_template.jinja
     config.json      the resolved training config (absolute paths)
     tasks.json       task names, instructions, label sets + the renderer's system prompt and budgets
-    metrics.json     loss histories, tokens/s, pairs/s, steps, wall time, data stats (written last)
+    metrics.json     loss histories, tokens/s, pairs/s, steps, wall time, data stats,
+                     the predictor chosen per label task (written last)
+    predictors/      label tasks' encoder head, k-NN bank and selection.json (convtune.predictors)
     loss.png         train (and eval) loss per step
     checkpoints/     only while training, or when output.keep_checkpoints is true
 
@@ -111,7 +113,8 @@ def finalize_run_dir(run: Path, cfg: TrainConfig, *, trainer: Any, tokenizer: An
                      tasks: list[Any], counters: Any, plan: dict[str, Any], resumed_from: int | None,
                      device: str, dtype: str, wall_seconds: float, trainable_params: int,
                      total_params: int, examples_dir: Path | None = None,
-                     few_shot_tasks: list[str] | None = None) -> dict[str, Any]:
+                     few_shot_tasks: list[str] | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write adapter, tokenizer, examples/ (few-shot runs), tasks.json, loss.png and (last)
     metrics.json; drop checkpoints."""
     from convtune.training.plot import plot_loss
@@ -149,6 +152,7 @@ def finalize_run_dir(run: Path, cfg: TrainConfig, *, trainer: Any, tokenizer: An
         "trainable_params": trainable_params,
         "total_params": total_params,
         "data": plan,
+        **(extra or {}),
     }
     title = f"{cfg.model.name.split('/')[-1]} LoRA r={cfg.lora.r}, {state.global_step} steps"
     plot_loss(run / "loss.png", [tuple(x) for x in train_loss], [tuple(x) for x in eval_loss], title=title)

@@ -1,12 +1,13 @@
 """The training configuration: a small typed schema, a file + CLI-override loader, static checks.
 
-A config is YAML or JSON with six groups (every key optional, defaults below)::
+A config is YAML or JSON with seven groups (every key optional, defaults below)::
 
     model:  {name: smollm2-135m-instruct}
     data:   {train: FILE, validation: FILE | null, validation_fraction: 0.1, format: null, ...}
     tasks:  {names: [summary, action_items, intent, sentiment], files: [], weights: {}, intent_labels: null}
     lora:   {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
     train:  {epochs: 3, max_steps: null, lr: 2.0e-4, batch_size: 1, grad_accum: 8, max_seq_len: 2048, ...}
+    predictors: {enabled: true, encoder: all-minilm-l6-v2, tune_encoder: true, min_validation: 10, ...}
     output: {dir: runs/train-<timestamp>, keep_checkpoints: false, max_checkpoints: 2, overwrite: false}
 
 ``--set group.key=value`` overrides any key (the value is read as YAML, so
@@ -62,7 +63,8 @@ class DataSection(_Group):
     train: Path | None = Field(None, description="training conversations (any format `data import` reads)")
     validation: Path | None = Field(None, description="validation conversations; else a split of train")
     validation_fraction: float | None = Field(
-        None, ge=0.0, lt=1.0, description="share of train held out when no validation file (default 0.1)"
+        None, ge=0.0, lt=1.0,
+        description="share of train held out when no validation file (default: auto, see split_validation)"
     )
     format: str | None = Field(None, description="format of the train file (default: detected)")
     validation_format: str | None = Field(
@@ -78,10 +80,11 @@ class DataSection(_Group):
         "classification-task answers (0: off); the run keeps this example index for evaluation and serving",
     )
 
-    def effective_validation_fraction(self) -> float:
+    def effective_validation_fraction(self) -> float | None:
+        """0 with a validation file; None means "auto" (sized from the data by split_validation)."""
         if self.validation is not None:
             return 0.0
-        return 0.1 if self.validation_fraction is None else self.validation_fraction
+        return self.validation_fraction
 
 
 class TasksSection(_Group):
@@ -145,6 +148,23 @@ class TrainSection(_Group):
         return self.batch_size * self.grad_accum
 
 
+class PredictorsSection(_Group):
+    """Discriminative predictors for label tasks, chosen per field on validation (convtune.predictors)."""
+
+    enabled: bool = Field(True, description="train an encoder head and choose each label task's predictor")
+    encoder: str = Field("all-minilm-l6-v2", min_length=1,
+                         description="sentence encoder: the packaged default or a sentence-transformers folder")
+    tune_encoder: bool = Field(True, description="contrastive tuning of the encoder on the run's labels")
+    encoder_epochs: int | None = Field(None, ge=1, le=50,
+                                       description="contrastive epochs (default: from the data size, 1-4)")
+    encoder_lr: float = Field(5e-5, gt=0, lt=1)
+    min_validation: int = Field(10, ge=1, description="labelled validation examples a field needs to choose "
+                                "between predictors; fewer: the default is used and the run says so")
+    default: Literal["head", "knn", "lm", "ensemble"] = Field(
+        "head", description="predictor used when validation is too small to choose")
+    lm_candidates: bool = Field(True, description="score the tuned LM (and the ensemble) on validation too")
+
+
 class OutputSection(_Group):
     dir: Path | None = Field(None, description="run directory (default: runs/train-<timestamp>)")
     keep_checkpoints: bool = Field(False, description="keep checkpoints/ after a successful run")
@@ -158,6 +178,7 @@ class TrainConfig(_Group):
     tasks: TasksSection = Field(default_factory=TasksSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    predictors: PredictorsSection = Field(default_factory=PredictorsSection)
     output: OutputSection = Field(default_factory=OutputSection)
     # Problems found by load_config(defer=True); a config carrying any is never trained.
     _deferred: list[str] = PrivateAttr(default_factory=list)

@@ -302,13 +302,48 @@ def to_hf_dataset(examples: Sequence[Example]):
     })
 
 
-def split_validation(convs: list[Conversation], fraction: float, seed: int
-                     ) -> tuple[list[Conversation], list[Conversation]]:
-    """Hold out ``round(fraction * n)`` conversations (at least 1 when fraction > 0), seeded."""
-    if fraction <= 0 or len(convs) < 2:
+#: Automatic validation size: this share of the data, at most AUTO_VALIDATION_MAX conversations.
+AUTO_VALIDATION_FRACTION = 0.2
+AUTO_VALIDATION_MAX = 1000
+
+
+def split_validation(convs: list[Conversation], fraction: float | None, seed: int,
+                     strata: Sequence[Any] | None = None) -> tuple[list[Conversation], list[Conversation]]:
+    """Hold out a seeded validation split (never the test set: it comes from training data).
+
+    ``fraction`` None is "auto": 20% of the conversations, at most 1,000. ``strata`` (one key per
+    conversation, e.g. its intent label; None = no label) makes the split stratified: each
+    stratum gives its share (largest remainders), and a stratum of one conversation stays in
+    training, so validation never holds a label training has not seen.
+    """
+    if fraction is None:
+        n_val = min(AUTO_VALIDATION_MAX, round(AUTO_VALIDATION_FRACTION * len(convs)))
+    elif fraction <= 0:
+        n_val = 0
+    else:
+        n_val = max(1, round(fraction * len(convs)))
+    n_val = min(len(convs) - 1, n_val)
+    if n_val <= 0 or len(convs) < 2:
         return list(convs), []
-    n_val = min(len(convs) - 1, max(1, round(fraction * len(convs))))
-    idx = list(range(len(convs)))
-    random.Random(f"convtune-split:{seed}").shuffle(idx)
-    val = set(idx[:n_val])
+    rng = random.Random(f"convtune-split:{seed}")
+    if strata is None:
+        idx = list(range(len(convs)))
+        rng.shuffle(idx)
+        val = set(idx[:n_val])
+    else:
+        groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(strata):
+            groups.setdefault(key, []).append(i)
+        share = n_val / len(convs)
+        quota = {}
+        for key, members in groups.items():
+            rng.shuffle(members)
+            quota[key] = share * len(members) if len(members) > 1 else 0.0
+        take = {key: int(q) for key, q in quota.items()}
+        rest = n_val - sum(take.values())
+        by_remainder = sorted((key for key in groups if len(groups[key]) > 1),
+                              key=lambda key: (-(quota[key] - take[key]), str(key)))
+        for key in by_remainder[:max(0, rest)]:
+            take[key] += 1
+        val = {i for key, members in groups.items() for i in members[:min(take[key], len(members) - 1)]}
     return [c for i, c in enumerate(convs) if i not in val], [c for i, c in enumerate(convs) if i in val]

@@ -16,6 +16,7 @@ from typing import Any
 from convtune.conversation import Conversation
 from convtune.errors import ConvtuneError, DataValidationError, Problem
 from convtune.training.config import TasksSection
+from tasks.base import label_fields_of  # noqa: F401 - the trainer reads label fields through here
 
 
 def _registry_names(registry: Any) -> list[str]:

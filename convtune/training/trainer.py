@@ -97,6 +97,7 @@ class PreparedRun:
     stream: Any  # TrainingStream
     val_examples: list[Any]
     val_stats: Any
+    context: dict[str, Any] | None = None  # few-shot examples per conversation id (data.few_shot)
     examples_dir: Path | None = None  # few-shot example index (a temporary folder until the run finishes)
     few_shot_tasks: list[str] = field(default_factory=list)
     _examples_tmp: Any = None  # keeps the temporary folder alive
@@ -188,7 +189,8 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
             train_convs = kept
             if cfg.data.validation is None:
                 train_convs, val_convs = split_validation(
-                    train_convs, cfg.data.effective_validation_fraction(), cfg.train.seed)
+                    train_convs, cfg.data.effective_validation_fraction(), cfg.train.seed,
+                    strata=_strata(train_convs, task_list))
             else:
                 val_convs = usable(val_convs)
                 if not val_convs:
@@ -225,11 +227,20 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
     )
     val_examples, val_stats = build_eval_examples(builder, val_convs, task_list, weights, context)
     prep = PreparedRun(cfg, task_list, train_convs, val_convs, model_dir, tokenizer, renderer, stream,
-                       val_examples, val_stats)
+                       val_examples, val_stats, context=context)
     if examples is not None:
         prep._examples_tmp, prep.few_shot_tasks = examples
         prep.examples_dir = Path(prep._examples_tmp.name) / "examples"
     return prep
+
+
+def _strata(convs: list[Conversation], tasks: list[Any]) -> list[Any] | None:
+    """Stratify the validation split by the label field with the most labels (e.g. intent)."""
+    fields = [(t, f) for t in tasks for f in taskset.label_fields_of(t)]
+    if not fields:
+        return None
+    task, field = max(fields, key=lambda tf: len(tf[1].labels))
+    return [task.field_values(task.gold(c))[field.key] if task.has_label(c) else None for c in convs]
 
 
 def _few_shot(cfg: TrainConfig, train_convs: list[Conversation], val_convs: list[Conversation],
@@ -481,6 +492,53 @@ def _build_trainer(prep: PreparedRun, ckpt_dir: Path, device: str, dtype: Any, b
     return trainer, trainable, total
 
 
+def _fit_predictors(prep: PreparedRun, model: Any, say: Reporter) -> dict[str, Any] | None:
+    """Encoder head, k-NN and the tuned LM scored on validation; the winner per label field is
+    recorded in RUN_DIR/predictors (see convtune.predictors.fit)."""
+    cfg = prep.config
+    if not cfg.predictors.enabled or not any(taskset.label_fields_of(t) for t in prep.tasks):
+        return None
+    from convtune.predictors.fit import fit_predictors, format_validation_table
+
+    lm_answers = None
+    if cfg.predictors.lm_candidates:
+        def lm_answers(convs: Sequence[Conversation], tasks: Sequence[Any]) -> dict[tuple[str, str], Any]:
+            import torch
+
+            from convtune.evaluation.generate import Generator, answer_tasks
+
+            was_training, use_cache = model.training, model.config.use_cache
+            model.eval()
+            model.config.use_cache = True
+            try:
+                with torch.inference_mode():
+                    run = answer_tasks(Generator(model, prep.tokenizer), prep.renderer, convs, tasks,
+                                       constrained=True, only_labelled=True, context=prep.context)
+            finally:
+                model.config.use_cache = use_cache
+                model.train(was_training)
+            return {(a.conversation_id, a.task): a for a in run.answers}
+
+    selection = fit_predictors(
+        prep.config.run_dir, prep.tasks, prep.train_convs, prep.val_convs, settings=cfg.predictors,
+        lm_name="lm_retrieval" if prep.context else "lm", lm_answers=lm_answers, seed=cfg.train.seed,
+        report=say)
+    if selection is not None:
+        say("predictors chosen on validation:\n" + format_validation_table(selection))
+        for note in selection["notes"]:
+            say(f"note: {note}")
+    return selection
+
+
+def selection_summary(selection: dict[str, Any]) -> dict[str, Any]:
+    """What a run's metrics.json (and a job's result) says about its predictors."""
+    from convtune.predictors.fit import validation_table
+
+    return {"tasks": selection["tasks"], "validation": validation_table(selection),
+            "notes": selection["notes"], "encoder": {k: selection["encoder"].get(k)
+                                                     for k in ("base", "tuned", "epochs", "steps", "seconds")}}
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -572,12 +630,14 @@ def train(
     if flag.requested:
         raise TrainingInterrupted(run, step, ckpt.newest_complete(ckpt_dir))
 
+    selection = _fit_predictors(prep, trainer.model, say)
     metrics = finalize_run_dir(
         run, cfg, trainer=trainer, tokenizer=prep.tokenizer, renderer=prep.renderer, tasks=prep.tasks,
         counters=counters, plan=plan, resumed_from=resumed_step,
         device=device, dtype=str(dtype).replace("torch.", ""), wall_seconds=time.time() - wall0,
         trainable_params=trainable, total_params=total, examples_dir=prep.examples_dir,
         few_shot_tasks=prep.few_shot_tasks,
+        extra={"predictors": selection_summary(selection)} if selection else None,
     )
     say(f"done: {step} steps, train loss {metrics['final_train_loss']}, eval loss "
         f"{metrics['final_eval_loss']}, {metrics['tokens_per_second']} tokens/s, "

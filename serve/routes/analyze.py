@@ -7,14 +7,16 @@ reused across answers), on the engine thread as one exclusive job that stops
 at the request's deadline. Classification tasks are constrained to their
 labels (confidence = the label's softmax share over the label set) and
 structured tasks are decoded guided by their JSON schema, so every output
-parses into its typed shape. Each output carries the turn ids it rests on
+parses into its typed shape. A tuned run's label tasks are answered by the
+predictor its validation chose (:mod:`convtune.predictors`: an encoder head,
+k-NN, the LM or their ensemble); each task says which (``predictor``) and how
+sure it is (``confidence``). Each output carries the turn ids it rests on
 (:mod:`convtune.attribution`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from typing import Any
@@ -85,7 +87,6 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
     from convtune.analytics import analyze as talk_time
     from convtune.data import redact_all
     from convtune.evaluation.evaluate import resolve_tasks
-    from convtune.evaluation.generate import answer_tasks
 
     ctx = ctx_of(request)
     host, engine = ctx.require_engine()
@@ -107,22 +108,26 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
     def job() -> Any:
         import torch
 
-        context = None
+        from convtune.predictors.answer import answer_with_predictors
+
+        context = predictors = None
         if ref.adapter_key is not None:
             host.ensure([ref])
             from embeddings.fewshot import run_context
 
-            few_shot = host.adapter(ref.adapter_key).few_shot
-            context = run_context(ref.path, few_shot, [conv], tasks, encoder=ctx.get_encoder())
+            adapter = host.adapter(ref.adapter_key)
+            predictors = adapter.predictors
+            context = run_context(ref.path, adapter.few_shot, [conv], tasks, encoder=ctx.get_encoder())
         with host.active(ref) as model, torch.inference_mode():
             generator = engine.generator(model)
             generator.deadline = deadline  # the job stops at the request's deadline, freeing the engine
             try:
-                return answer_tasks(
+                return answer_with_predictors(
                     generator,
                     renderer,
                     [conv],
                     tasks,
+                    predictors,
                     strategy="chained",
                     batch_size=1,
                     constrained=True,  # labels scored, structured answers schema-guided: always valid
@@ -145,10 +150,11 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
             "valid": parsed.ok,
             "error": None if parsed.ok else parsed.error,
         }
-        if answer.label_scores:
-            top = max(answer.label_scores.values())
-            z = sum(math.exp(v - top) for v in answer.label_scores.values())
-            entry["confidence"] = round(1 / z, 4)  # the chosen label's share
+        entry["predictor"] = answer.predictor  # lm, head, knn, ensemble (chosen on the run's validation)
+        if answer.confidence is not None:
+            entry["confidence"] = answer.confidence  # the chosen label's probability
+        if answer.field_confidence and len(answer.field_confidence) > 1:
+            entry["field_confidence"] = answer.field_confidence
         results[task.name] = entry
         prompt_tokens += answer.computed_prompt_tokens
         completion_tokens += len(answer.token_ids)
