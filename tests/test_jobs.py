@@ -91,9 +91,15 @@ def test_upload_train_serve_with_the_openai_client(server, tmp_path):
     events = list(oai.fine_tuning.jobs.list_events(job.id, limit=100))
     assert done.status == "succeeded", [e.message for e in events]
     assert done.fine_tuned_model == f"ft:tiny-base:acme:support:{job.id}" and done.trained_tokens > 0
-    metrics = [e for e in events if e.type == "metrics"]
+    metrics = [e for e in events if e.type == "metrics" and "step" in e.data]
     assert [e.data["step"] for e in reversed(metrics)] == [1, 2, 3, 4]
     assert all(e.data["train_loss"] > 0 and e.data["tokens_per_second"] > 0 for e in metrics)
+    # What tuning bought, before using the model: each label field's candidates on validation.
+    table = {e.data["validation"]["field"]: e.data["validation"] for e in events
+             if e.type == "metrics" and "validation" in e.data}
+    assert set(table) == {"intent", "sentiment.overall", "sentiment.start", "sentiment.end"}
+    assert all({"head", "knn", "lm"} <= set(row["scores"]) or row["fallback"] for row in table.values())
+    assert done.validation["tasks"]["intent"]["predictor"] == table["intent"]["winner"]
     ckpts = list(oai.fine_tuning.jobs.checkpoints.list(job.id))
     assert sorted(c.step_number for c in ckpts) == [2, 4]
     for model in (done.fine_tuned_model, ckpts[0].fine_tuned_model_checkpoint):  # servable at once
@@ -109,6 +115,8 @@ def test_upload_train_serve_with_the_openai_client(server, tmp_path):
         },
     )
     assert r.status_code == 200 and r.json()["tasks"]["intent"]["valid"]
+    assert r.json()["tasks"]["intent"]["predictor"] == table["intent"]["winner"]
+    assert 0 < r.json()["tasks"]["intent"]["confidence"] <= 1
     assert done.fine_tuned_model in [m.id for m in oai.models.list()]
     content = server.client.get(f"/v1/files/{f.id}/content", headers=_auth(server.acme))
     assert content.status_code == 200 and len(content.text.splitlines()) == 6

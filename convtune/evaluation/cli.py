@@ -76,6 +76,12 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, metavar="N",
                    help="CPU threads for torch (default: torch's choice; 1 is steadier on busy shared CPUs)")
     p.add_argument("--no-chart", dest="chart", action="store_false", help="skip metrics.png")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the cheap baselines (majority label, extractive summary) from the run's "
+                   "training data (default: on for runs)")
+    p.add_argument("--predictors", action=argparse.BooleanOptionalAction, default=True,
+                   help="answer label tasks with the run's recorded predictors, as serving does "
+                   "(--no-predictors: the tuned LM answers every task)")
     p.set_defaults(func=cmd_evaluate)
     return p
 
@@ -142,6 +148,23 @@ def _default_out(args: argparse.Namespace) -> Path:
     return Path("runs") / f"eval-{model}-{stem}"
 
 
+def _baselines(run_dir: Path, convs: list[Any], tasks: list[Any]) -> list[Any]:
+    """Majority-label and extractive baselines from the run's training file (none if it is gone)."""
+    import json
+
+    from convtune.data import load_conversations
+    from convtune.evaluation.baselines import baselines
+
+    try:
+        train_path = Path(json.loads((run_dir / "config.json").read_text())["data"]["train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not train_path.is_file():
+        print(f"baselines skipped: the run's training file {train_path} is gone", file=sys.stderr)
+        return []
+    return baselines(load_conversations(train_path)[1], convs, tasks)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from convtune.data import load_conversations
     from convtune.evaluation.evaluate import base_of, evaluate, is_run_dir, load_for_eval, resolve_tasks
@@ -173,11 +196,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             with base_of(loaded, device=args.device) as base_model:
                 base = evaluate(base_model, convs, tasks, name="base", **settings)
         print("evaluating the tuned model ...", file=sys.stderr)
-        tuned = evaluate(loaded, convs, tasks, name="tuned", **settings)
+        tuned = evaluate(loaded, convs, tasks, name="tuned", predictors=args.predictors, **settings)
     else:
         print(f"evaluating {args.model} ...", file=sys.stderr)
         base = evaluate(loaded, convs, tasks, name="base", **settings)
-    comparison = compare(base, tuned)
+    cheap = _baselines(loaded.run_dir, convs, tasks) if args.baselines and loaded.run_dir else []
+    comparison = compare(base, tuned, cheap)
     extra = {
         "data": str(args.data),
         "run": str(args.run) if args.run is not None else None,
@@ -185,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "n_conversations": len(convs),
         "tasks": [t.name for t in tasks],
     }
-    paths = write_report(out, base, tuned, extra=extra, chart=args.chart)
+    paths = write_report(out, base, tuned, extra=extra, chart=args.chart, baselines=cheap)
     print(comparison.format_table())
     for r in (base, tuned):
         if r is not None:

@@ -24,16 +24,23 @@ class Comparison:
     base: EvalResult | None
     tuned: EvalResult | None
     rows: list[dict[str, Any]]
+    baselines: Sequence[EvalResult] = ()
 
     def format_table(self) -> str:
-        return format_table(self.rows, base_name=_name(self.base, "base"),
-                            tuned_name=_name(self.tuned, "tuned"))
+        table = format_table(self.rows, base_name=_name(self.base, "base"),
+                             tuned_name=_name(self.tuned, "tuned"),
+                             baseline_names=[b.name for b in self.baselines])
+        served = (self.tuned or self.base).settings.get("predictors") if (self.tuned or self.base) else None
+        if served:
+            table += "\nanswered by: " + ", ".join(f"{task} {name}" for task, name in served.items())
+        return table
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "models": {
                 "base": self.base.to_dict() if self.base else None,
                 "tuned": self.tuned.to_dict() if self.tuned else None,
+                **{f"baseline:{b.name}": b.to_dict() for b in self.baselines},
             },
             "comparison": self.rows,
         }
@@ -51,8 +58,10 @@ def _value(result: EvalResult | None, task: str, metric: str) -> float | None:
     return None if v is None else float(v)
 
 
-def compare(base: EvalResult | None, tuned: EvalResult | None) -> Comparison:
-    """Every task's metrics, the parse-failure rate and latency, base next to tuned."""
+def compare(base: EvalResult | None, tuned: EvalResult | None,
+            baselines: Sequence[EvalResult] = ()) -> Comparison:
+    """Every task's metrics, the parse-failure rate and latency, base next to tuned (and the
+    cheap baselines' metrics where they answer the task)."""
     if base is None and tuned is None:
         raise ValueError("nothing to compare")
     tasks = list(dict.fromkeys([*(tuned.tasks if tuned else {}), *(base.tasks if base else {})]))
@@ -70,8 +79,10 @@ def compare(base: EvalResult | None, tuned: EvalResult | None) -> Comparison:
                 "n": int(ref.metrics.get("n", 0)),
                 "base": b, "tuned": t, "delta": delta,
                 "better": _better(metric, delta),
+                "baselines": {x.name: _value(x, task, metric) for x in baselines
+                              if metric not in LATENCY_KEYS},
             })
-    return Comparison(base, tuned, rows)
+    return Comparison(base, tuned, rows, baselines)
 
 
 def _better(metric: str, delta: float | None) -> str | None:
@@ -90,9 +101,9 @@ def _fmt(v: float | None) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]], *, base_name: str = "base",
-                 tuned_name: str = "tuned") -> str:
+                 tuned_name: str = "tuned", baseline_names: Sequence[str] = ()) -> str:
     """A plain-text table; the primary metric of each task is marked with ``*``."""
-    header = ["task", "metric", base_name, tuned_name, "delta", ""]
+    header = ["task", "metric", base_name, tuned_name, *baseline_names, "delta", ""]
     body = []
     last_task = None
     for r in rows:
@@ -100,10 +111,11 @@ def format_table(rows: Sequence[dict[str, Any]], *, base_name: str = "base",
         last_task = r["task"]
         delta = "-" if r["delta"] is None else f"{r['delta']:+.3f}"
         mark = {"tuned": "better", "base": "worse"}.get(r.get("better") or "", "")
+        extra = [_fmt((r.get("baselines") or {}).get(n)) for n in baseline_names]
         body.append([task, r["metric"] + (" *" if r.get("primary") else ""),
-                     _fmt(r["base"]), _fmt(r["tuned"]), delta, mark])
+                     _fmt(r["base"]), _fmt(r["tuned"]), *extra, delta, mark])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    aligns = ["<", "<", ">", ">", ">", "<"]
+    aligns = ["<", "<", ">", ">", *([">"] * len(baseline_names)), ">", "<"]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, aligns, widths)).rstrip()
@@ -197,10 +209,11 @@ def plot_comparison(path: str | Path, comparison: Comparison) -> Path:
 
 
 def write_report(out_dir: str | Path, base: EvalResult | None, tuned: EvalResult | None, *,
-                 extra: dict[str, Any] | None = None, chart: bool = True) -> dict[str, Path]:
+                 extra: dict[str, Any] | None = None, chart: bool = True,
+                 baselines: Sequence[EvalResult] = ()) -> dict[str, Path]:
     """Write ``metrics.json``, ``predictions.jsonl`` and ``metrics.png`` into ``out_dir``."""
     out = Path(out_dir)
-    comparison = compare(base, tuned)
+    comparison = compare(base, tuned, baselines)
     paths = {
         "metrics": write_metrics_json(out / "metrics.json", comparison, extra=extra),
         "predictions": write_predictions(out / "predictions.jsonl", [r for r in (base, tuned) if r]),

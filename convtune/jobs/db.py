@@ -79,6 +79,7 @@ jobs = Table(
     Column("fine_tuned_model", String(200)),
     Column("error", JSON),
     Column("trained_tokens", Integer),
+    Column("validation", JSON),  # per-task predictor choice and its validation table (label tasks)
     Column("created_at", Integer, nullable=False),
     Column("created_ts", Float, nullable=False, default=time.time),  # exact order (created_at is seconds)
     Column("finished_at", Integer),
@@ -163,6 +164,16 @@ class JobsDB:
         self.url = url
         self.engine: Engine = _engine(url)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was created (create_all makes tables, never columns)."""
+        from sqlalchemy import inspect, text
+
+        have = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
+        if "validation" not in have:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE jobs ADD COLUMN validation JSON"))
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:

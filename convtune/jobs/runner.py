@@ -70,7 +70,7 @@ def build_config(db: JobsDB, job: dict[str, Any], home: Path) -> tuple[Any, list
             "data": {
                 "train": str(train_file),
                 "validation": str(val_file) if val_file else None,
-                "validation_fraction": 0.0,
+                "validation_fraction": None,  # auto: a stratified 20% held out to choose predictors
                 "format": "convtune",
                 "validation_format": "convtune" if val_file else None,
             },
@@ -243,8 +243,24 @@ def _supervised(db: JobsDB, home: Path, job: dict[str, Any]) -> tuple[Path, int,
         )
     except TrainingInterrupted:
         return None
+    _publish_validation(db, job_id, result.metrics.get("predictors"))
     loss = result.metrics.get("final_train_loss")
     return result.run_dir, result.steps, int(result.metrics.get("tokens") or 0), f"final train loss {loss}"
+
+
+def _publish_validation(db: JobsDB, job_id: str, predictors: dict[str, Any] | None) -> None:
+    """The per-task predictor choice: one ``metrics`` event per label field (every candidate's
+    validation score and the winner), notes as warnings, and the table on the job itself."""
+    if not predictors:
+        return
+    for row in predictors["validation"]:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in row["scores"].items())
+        db.add_event(job_id, f"Validation {row['field']} ({row['metric']}, n={row['n_validation']}): {scores}; "
+                     f"answered by {row['winner']}" + (" (default: validation too small)" if row["fallback"] else ""),
+                     type="metrics", data={"validation": row})
+    for note in predictors["notes"]:
+        db.add_event(job_id, note, level="warn")
+    db.update_job(job_id, validation=predictors)
 
 
 def _dpo(db: JobsDB, home: Path, job: dict[str, Any]) -> tuple[Path, int, int, str] | None:

@@ -382,6 +382,8 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "estimated_finish": None,
         "integrations": [],
         "user_provided_suffix": job["suffix"],
+        # convtune: which predictor answers each label task, with every candidate's validation score
+        "validation": job.get("validation"),
     }
 
 

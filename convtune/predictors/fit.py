@@ -13,8 +13,9 @@ run's train / validation conversations and a callable that asks the tuned LM
    (its weight picked on validation);
 4. pick the best per field (ties: the cheaper one, in :data:`PREFERENCE` order); a
    field whose validation is too small to choose falls back to ``default`` and says so;
-5. refit the head and the k-NN bank on train + validation (same settings) and
-   write ``RUN_DIR/predictors/``.
+5. re-tune the encoder and refit the head and the k-NN bank on train + validation (the
+   settings validation chose; ``refit: false`` keeps the validated ones) and write
+   ``RUN_DIR/predictors/``.
 """
 
 from __future__ import annotations
@@ -202,15 +203,34 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
         rec["head"] = {"c": c, "balanced": balanced}
         rec["knn"] = {"k": k}
         rec["ensemble"] = {"weight": weight}
-        if can_head:  # serve from everything labelled: refit on train + validation, same settings
-            all_v = np.concatenate([tr_v, va_v]) if len(va_v) else tr_v
-            all_y = y_tr + [lid[y] for y in va_y]
-            head = H.fit_head(all_v, all_y, len(labels), c=c, balanced=balanced, seed=seed)
-            tensors[f"{key}.weight"] = head.weight
-            tensors[f"{key}.bias"] = head.bias
-            tensors[f"{key}.bank"] = np.ascontiguousarray(all_v, dtype=np.float32)
-            tensors[f"{key}.bank_labels"] = np.asarray(all_y, dtype=np.int32)
         notes += [f"{key}: {n}" for n in rec["notes"]]
+
+    # 3. serve from everything labelled: the encoder re-tuned and the heads refitted on
+    #    train + validation, with the settings validation chose.
+    if settings.refit and val and encoder_info.get("tuned"):
+        from convtune.predictors.encoder import tune_encoder
+
+        say("encoder: re-tuning on train + validation for serving")
+        label_ids = {k: {lab: i for i, lab in enumerate(d[1].labels)} for k, d in trainable.items()}
+        refit = tune_encoder(
+            base_dir, {k: (d[2] + d[4], [label_ids[k][y] for y in d[3] + d[5]]) for k, d in trainable.items()},
+            tmp / ENCODER, epochs=encoder_info["epochs"], seed=seed, lr=settings.encoder_lr, report=say)
+        encoder_info["refit_on_validation"] = {"steps": refit.get("steps"), "seconds": refit.get("seconds")}
+        encoder = Encoder(tmp / ENCODER)
+        encoder_info["identity"] = encoder.identity.as_dict()
+    for key, (task, f, tr_x, tr_y, va_x, va_y) in data.items():
+        if key not in trainable:
+            continue
+        rec = fields[key]
+        lid = {lab: i for i, lab in enumerate(f.labels)}
+        all_v = encoder.encode(tr_x + va_x).vectors
+        all_y = [lid[y] for y in tr_y + va_y]
+        head = H.fit_head(all_v, all_y, len(f.labels), c=rec["head"]["c"], balanced=rec["head"]["balanced"],
+                          seed=seed)
+        tensors[f"{key}.weight"] = head.weight
+        tensors[f"{key}.bias"] = head.bias
+        tensors[f"{key}.bank"] = np.ascontiguousarray(all_v, dtype=np.float32)
+        tensors[f"{key}.bank_labels"] = np.asarray(all_y, dtype=np.int32)
 
     selection = {
         "version": 1,

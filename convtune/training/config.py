@@ -163,6 +163,8 @@ class PredictorsSection(_Group):
     default: Literal["head", "knn", "lm", "ensemble"] = Field(
         "head", description="predictor used when validation is too small to choose")
     lm_candidates: bool = Field(True, description="score the tuned LM (and the ensemble) on validation too")
+    refit: bool = Field(True, description="after choosing, re-tune the encoder and refit the heads on "
+                        "train + validation (serving uses every labelled example)")
 
 
 class OutputSection(_Group):
