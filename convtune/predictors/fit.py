@@ -70,25 +70,16 @@ def _examples(convs: Sequence[Conversation], task: Any, field: Any) -> tuple[lis
     return texts, labels
 
 
-def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversation],
-                   val: Sequence[Conversation], *, settings: Any, lm_name: str,
-                   lm_answers: LmAnswers | None, seed: int,
-                   report: Callable[[str], None] | None = None) -> dict[str, Any] | None:
-    """Fit, select and write ``run_dir/predictors``; returns the selection record (None when
-    no selected task has label fields). ``settings`` is the config's ``predictors`` section."""
-    from embeddings import default_encoder_dir
-    from embeddings.encoder import Encoder, resolve_encoder
+def plan_fields(tasks: Sequence[Any], train: Sequence[Conversation], val: Sequence[Conversation],
+                settings: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
+    """Each label field's examples and record, and what the data will not allow, said with what
+    to do (no weights needed: training reports these before it loads any)."""
     from tasks.views import describe
 
-    say = report or (lambda _m: None)
-    t0 = time.perf_counter()
-    label_tasks = [t for t in tasks if label_fields_of(t)]
-    if not label_tasks:
-        return None
     notes: list[str] = []
     fields: dict[str, dict[str, Any]] = {}
     data: dict[str, Any] = {}
-    for task in label_tasks:
+    for task in tasks:
         for f in label_fields_of(task):
             tr_x, tr_y = _examples(train, task, f)
             va_x, va_y = _examples(val, task, f)
@@ -100,15 +91,43 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
             }
             thin = sorted(lab for lab, n in counts.items() if n < 2)
             if thin:
+                more = ", ..." if len(thin) > 5 else ""
                 rec["notes"].append(f"{len(thin)} label(s) with a single training example ({', '.join(thin[:5])}"
-                                    f"{', ...' if len(thin) > 5 else ''}): the head can barely learn them; "
-                                    "add examples of each label")
+                                    f"{more}): the head can barely learn them; add examples of each label")
+            if len(counts) < 2:
+                rec["notes"].append(f"{len(counts)} distinct label(s) in the training data: no head or k-NN "
+                                    "can be trained; the LM answers (add conversations with other labels)")
             unseen = sorted(set(va_y) - set(tr_y))
             if unseen:
                 rec["notes"].append(f"label(s) only in validation, never trained on: {', '.join(unseen[:5])}; "
                                     "the head and k-NN cannot predict them (add training examples)")
+            if len(va_y) < settings.min_validation or len(set(va_y)) < 2:
+                rec["notes"].append(
+                    f"validation has {len(va_y)} labelled example(s) over {len(set(va_y))} label(s); choosing "
+                    f"needs at least {settings.min_validation} over 2+ labels, so the default predictor "
+                    f"{settings.default!r} answers (more data, a larger data.validation_fraction, or "
+                    "predictors.min_validation)")
             fields[f.key] = rec
             data[f.key] = (task, f, tr_x, tr_y, va_x, va_y)
+            notes += [f"{f.key}: {n}" for n in rec["notes"]]
+    return fields, data, notes
+
+
+def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversation],
+                   val: Sequence[Conversation], *, settings: Any, lm_name: str,
+                   lm_answers: LmAnswers | None, seed: int,
+                   report: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """Fit, select and write ``run_dir/predictors``; returns the selection record (None when
+    no selected task has label fields). ``settings`` is the config's ``predictors`` section."""
+    from embeddings import default_encoder_dir
+    from embeddings.encoder import Encoder, resolve_encoder
+
+    say = report or (lambda _m: None)
+    t0 = time.perf_counter()
+    label_tasks = [t for t in tasks if label_fields_of(t)]
+    if not label_tasks:
+        return None
+    fields, data, notes = plan_fields(label_tasks, train, val, settings)
 
     # 1. the encoder: tuned contrastively on the training examples, or the base one.
     base_name, base_dir = resolve_encoder(settings.encoder)
@@ -186,24 +205,18 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
         if default == "lm":
             default = lm_name
         if not enough or not scores:
-            why = (f"validation has {len(va_y)} labelled example(s) over {len(set(va_y))} label(s); choosing "
-                   f"needs at least {settings.min_validation} over 2+ labels (more data, or a larger "
-                   "data.validation_fraction)")
-            rec["winner"] = default if (default in scores or not scores or default in ("head", lm_name)) \
-                else max(scores, key=scores.get)
-            rec["fallback"] = f"{why}: using the default predictor {rec['winner']!r}"
-            rec["notes"].append(rec["fallback"])
+            rec["winner"] = default
+            rec["fallback"] = (f"validation has {len(va_y)} labelled example(s) over {len(set(va_y))} "
+                               f"label(s), too few to choose: using the default predictor {default!r}")
         else:
             top = max(scores.values())
             rec["winner"] = next(n for n in (*PREFERENCE, lm_name) if n in scores and scores[n] >= top - 1e-9)
             rec["fallback"] = None
         if rec["winner"] in ("head", "knn", "ensemble") and not can_head:
             rec["winner"] = lm_name
-            rec["notes"].append("fewer than 2 labels in the training data: no head; the LM answers")
         rec["head"] = {"c": c, "balanced": balanced}
         rec["knn"] = {"k": k}
         rec["ensemble"] = {"weight": weight}
-        notes += [f"{key}: {n}" for n in rec["notes"]]
 
     # 3. serve from everything labelled: the encoder re-tuned and the heads refitted on
     #    train + validation, with the settings validation chose.

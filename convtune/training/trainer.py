@@ -100,6 +100,7 @@ class PreparedRun:
     context: dict[str, Any] | None = None  # few-shot examples per conversation id (data.few_shot)
     examples_dir: Path | None = None  # few-shot example index (a temporary folder until the run finishes)
     few_shot_tasks: list[str] = field(default_factory=list)
+    predictor_notes: list[str] = field(default_factory=list)  # what the data allows label-task predictors
     _examples_tmp: Any = None  # keeps the temporary folder alive
 
     def plan(self) -> dict[str, Any]:
@@ -118,6 +119,7 @@ class PreparedRun:
             "renderer_max_transcript_tokens": self.renderer.max_transcript_tokens,
             "few_shot": ({"k": self.config.data.few_shot, "tasks": self.few_shot_tasks}
                          if self.examples_dir is not None else None),
+            "predictor_notes": self.predictor_notes,
         }
 
 
@@ -228,6 +230,11 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
     val_examples, val_stats = build_eval_examples(builder, val_convs, task_list, weights, context)
     prep = PreparedRun(cfg, task_list, train_convs, val_convs, model_dir, tokenizer, renderer, stream,
                        val_examples, val_stats, context=context)
+    if cfg.predictors.enabled:
+        from convtune.predictors.fit import plan_fields
+
+        label_tasks = [t for t in task_list if taskset.label_fields_of(t)]
+        prep.predictor_notes = plan_fields(label_tasks, train_convs, val_convs, cfg.predictors)[2]
     if examples is not None:
         prep._examples_tmp, prep.few_shot_tasks = examples
         prep.examples_dir = Path(prep._examples_tmp.name) / "examples"
@@ -525,8 +532,6 @@ def _fit_predictors(prep: PreparedRun, model: Any, say: Reporter) -> dict[str, A
         report=say)
     if selection is not None:
         say("predictors chosen on validation:\n" + format_validation_table(selection))
-        for note in selection["notes"]:
-            say(f"note: {note}")
     return selection
 
 
@@ -584,6 +589,8 @@ def train(
            f"{st.dropped_examples} examples dropped to fit {cfg.train.max_seq_len} tokens"
            if st.shortened_transcripts or st.dropped_pairs or st.dropped_examples else "")
     )
+    for note in prep.predictor_notes:
+        say(f"note: {note}")
     if dry_run:
         return RunResult(cfg.run_dir, 0, {}, dry_run=True, plan=plan)
 
