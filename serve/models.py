@@ -47,7 +47,7 @@ class LoadedAdapter:
     task_names: list[str]
     few_shot: dict[str, Any] | None
     path: Path
-    predictors: Any = None  # the run's label-task predictors (convtune.predictors); encoder loads on first use
+    predictors: Any = None  # the run's label-task predictors (convtune.predictors); encoder loads lazily
 
 
 class ModelHost:

@@ -17,6 +17,7 @@ a failed parse is a miss for its gold class).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -72,6 +73,7 @@ class ClassificationTask(Task):
             raise ConfigError(f"task {name!r}: reads must be one of {', '.join(VIEWS)}, got {reads!r}")
         self.reads = reads
         self.name = name
+        self.question = question.strip()
         self.labels = labels
         self.primary_metric = primary_metric
         self.show_labels = show_labels
@@ -81,6 +83,15 @@ class ClassificationTask(Task):
         self._by_norm = {normalize_label(x): x for x in labels}
         self._label_words = [(x, _words(x)) for x in labels]
         self._prefixes = _PREFIX_WORDS | {name.lower(), name.lower().replace("_", " ")}
+
+    def with_labels(self, labels: Sequence[str]) -> ClassificationTask:
+        """The same task (name, question, options, class) over another label set, e.g. a
+        tenant's own intents. Raises ConfigError for a bad label set."""
+        new = copy.copy(self)
+        ClassificationTask.__init__(new, self.name, self.question, labels, primary_metric=self.primary_metric,
+                                    show_labels=self.show_labels, constrained=self.constrained_default,
+                                    reads=self.reads)
+        return new
 
     def render_target(self, label: Any) -> str:
         if label not in self.labels:

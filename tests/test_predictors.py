@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import numpy as np
-import pytest
 
 from convtune.conversation import Conversation
 from convtune.evaluation.generate import Answer
@@ -74,8 +71,8 @@ def _perfect_lm(convs, tasks):
     for c in convs:
         for t in tasks:
             gold = t.gold(c)
-            out[(c.id, t.name)] = Answer(c.id, t.name, gold, [], True, True, 10, 10, 0.0,
-                                         label_scores={lab: (0.0 if lab == gold else -9.0) for lab in t.labels})
+            scores = {lab: (0.0 if lab == gold else -9.0) for lab in t.labels}
+            out[(c.id, t.name)] = Answer(c.id, t.name, gold, [], True, True, 10, 10, 0.0, label_scores=scores)
     return out
 
 
@@ -87,7 +84,8 @@ def test_head_is_chosen_on_validation_and_answers_new_conversations(tmp_path):
     assert rec["winner"] in ("head", "knn") and rec["validation"]["head"] == 1.0, rec
     assert rec["reads"] == "every customer turn" and rec["n_validation"] == 9 and rec["fallback"] is None
     assert sel["encoder"]["tuned"] and (tmp_path / "predictors" / "encoder" / "model.safetensors").is_file()
-    assert not list((tmp_path / "predictors").rglob("*.bin")) and not list((tmp_path / "predictors").rglob("*.pkl"))
+    saved = [p.suffix for p in (tmp_path / "predictors").rglob("*")]
+    assert ".bin" not in saved and ".pkl" not in saved and ".pt" not in saved
     preds = load_predictors(tmp_path)
     assert not preds.needs_lm(task)
     new = [conv(900, "login"), conv(901, "upgrade"), conv(902, "refund")]
@@ -119,8 +117,9 @@ def test_a_validation_split_too_small_to_choose_falls_back_to_the_default_and_sa
     sel = fit_predictors(tmp_path, [need_task()], toy(4), toy(1, start=500)[:2],
                          settings=_settings(tune_encoder=False), lm_name="lm", lm_answers=None, seed=0)
     rec = sel["fields"]["need"]
-    assert rec["winner"] == "head" and "too small" not in (rec["fallback"] or "x")
-    assert "validation has 2 labelled example(s)" in rec["fallback"] and "default predictor 'head'" in rec["fallback"]
+    assert rec["winner"] == "head"
+    assert "validation has 2 labelled example(s)" in rec["fallback"]
+    assert "default predictor 'head'" in rec["fallback"]
     assert any("default predictor" in n for n in sel["notes"])
 
 
@@ -147,8 +146,8 @@ def test_a_run_answers_label_tasks_with_its_recorded_predictor(tmp_path, tiny_mo
     rows = [c.model_dump(mode="json") for c in toy(5)]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config(None, overrides=["train.max_steps=2", "predictors.encoder_epochs=1", "tasks.names=[need]",
-                                       "predictors.min_validation=3"],
+    sets = ["train.max_steps=2", "predictors.encoder_epochs=1", "tasks.names=[need]", "predictors.min_validation=3"]
+    cfg = load_config(None, overrides=sets,
                       flags={"data.train": data, "model.name": str(tiny_model_dir), "output.dir": tmp_path / "run"})
     result = train(cfg, tasks=[need_task()])
     assert result.metrics["predictors"]["tasks"]["need"]["predictor"] in ("head", "knn")
@@ -161,8 +160,5 @@ def test_a_run_answers_label_tasks_with_its_recorded_predictor(tmp_path, tiny_mo
     assert lm_only.settings["predictors"]["need"] == "lm"
 
 
-@pytest.mark.parametrize("missing", ["selection"])
-def test_a_run_without_predictors_is_answered_by_the_lm(tmp_path, missing):
-    assert load_predictors(tmp_path) is None
-    assert load_predictors(None) is None
-    _ = SimpleNamespace(missing=missing)
+def test_a_folder_without_a_selection_has_no_predictors(tmp_path):
+    assert load_predictors(tmp_path) is None and load_predictors(None) is None

@@ -74,7 +74,8 @@ def extractive(train: Sequence[Conversation], test: Sequence[Conversation], task
     return result
 
 
-def _result(name: str, answers: list[Answer], test: Sequence[Conversation], tasks: Sequence[Any]) -> EvalResult:
+def _result(name: str, answers: list[Answer], test: Sequence[Conversation],
+            tasks: Sequence[Any]) -> EvalResult:
     labelled = [c for c in test if any(t.has_label(c) for t in tasks)]
     results, records = score_answers(_run(answers, tasks, len(labelled)), labelled, tasks, name)
     return EvalResult(name=name, strategy="baseline", reuse_cache=False, batch_size=1,

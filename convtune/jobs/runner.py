@@ -255,9 +255,9 @@ def _publish_validation(db: JobsDB, job_id: str, predictors: dict[str, Any] | No
         return
     for row in predictors["validation"]:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in row["scores"].items())
-        db.add_event(job_id, f"Validation {row['field']} ({row['metric']}, n={row['n_validation']}): {scores}; "
-                     f"answered by {row['winner']}" + (" (default: validation too small)" if row["fallback"] else ""),
-                     type="metrics", data={"validation": row})
+        how = " (default: validation too small to choose)" if row["fallback"] else ""
+        db.add_event(job_id, f"Validation {row['field']} ({row['metric']}, n={row['n_validation']}): "
+                     f"{scores}; answered by {row['winner']}{how}", type="metrics", data={"validation": row})
     for note in predictors["notes"]:
         db.add_event(job_id, note, level="warn")
     db.update_job(job_id, validation=predictors)

@@ -22,7 +22,8 @@ from convtune.predictors.store import RunPredictors
 
 
 def answer_with_predictors(generator: Any, renderer: Any, conversations: Sequence[Conversation],
-                           tasks: Sequence[Any], predictors: RunPredictors | None, **kwargs: Any) -> AnswerRun:
+                           tasks: Sequence[Any], predictors: RunPredictors | None,
+                           **kwargs: Any) -> AnswerRun:
     """Like ``answer_tasks`` (same arguments), with label tasks answered by ``predictors``."""
     if predictors is None:
         return answer_tasks(generator, renderer, conversations, tasks, **kwargs)

@@ -105,7 +105,8 @@ class RunPredictors:
         return KNN(self._tensors[f"{key}.bank"], self._tensors[f"{key}.bank_labels"].astype(np.int64),
                    len(f["labels"]), int(f["knn"]["k"]))
 
-    def field_proba(self, key: str, vectors: np.ndarray, lm: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    def field_proba(self, key: str, vectors: np.ndarray,
+                    lm: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Probabilities over the field's labels from its winning predictor (``lm``: the LM's
         distribution per row, needed for ``lm`` and ``ensemble``)."""
         win = self.winner(key)
@@ -117,7 +118,8 @@ class RunPredictors:
             raise ValueError(f"predictor {win!r} of {key!r} needs the language model's answers")
         p_lm = np.stack(list(lm))
         if win == "ensemble":
-            return combine(self._head(key).proba(vectors), p_lm, float(self.fields[key]["ensemble"]["weight"]))
+            weight = float(self.fields[key]["ensemble"]["weight"])
+            return combine(self._head(key).proba(vectors), p_lm, weight)
         return p_lm
 
     def predict(self, task: Any, conversations: Sequence[Any], lm_answers: Sequence[Any | None]

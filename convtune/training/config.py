@@ -4,7 +4,8 @@ A config is YAML or JSON with seven groups (every key optional, defaults below):
 
     model:  {name: smollm2-135m-instruct}
     data:   {train: FILE, validation: FILE | null, validation_fraction: 0.1, format: null, ...}
-    tasks:  {names: [summary, action_items, intent, sentiment], files: [], weights: {}, intent_labels: null}
+    tasks:  {names: [summary, action_items, intent, sentiment], files: [], weights: {}, labels: {},
+             labels_from_data: true}
     lora:   {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
     train:  {epochs: 3, max_steps: null, lr: 2.0e-4, batch_size: 1, grad_accum: 8, max_seq_len: 2048, ...}
     predictors: {enabled: true, encoder: all-minilm-l6-v2, tune_encoder: true, min_validation: 10, ...}
@@ -16,6 +17,19 @@ out-of-range values, missing files, contradictory options) is collected and
 raised together as one :class:`TrainConfigError` *before* anything heavy is
 imported or loaded. Relative paths are resolved against the current directory;
 the resolved config (absolute paths) is what a run stores in ``config.json``.
+
+Label sets: a classification task (``intent``, a task file's classification
+tasks) answers with one label of its set. ``tasks.labels: {intent: [a, b, c]}``
+gives a set explicitly (``tasks.intent_labels`` is the older spelling of
+``labels.intent``). A task without one takes its set from the data
+(``tasks.labels_from_data``, on by default): when every label in the train
+(+ validation) data is in the task's default set, the default set is kept (the
+prompts do not change); otherwise the set is the labels found in the data,
+sorted, and the run says so. Fewer than 2 labels in the data, or labels that
+differ only in case, spacing or a plural ``s`` (``Billing_Dispute`` vs
+``billing_dispute``), are reported before any weights load. A run writes the
+resolved sets into ``config.json`` (``tasks.labels``) and ``tasks.json``, so
+``convtune evaluate`` and the server rebuild exactly the trained tasks.
 
 This module imports only pydantic and yaml, so ``convtune train --help`` and
 config validation stay instant.
@@ -95,7 +109,16 @@ class TasksSection(_Group):
         description="per-task sampling weight (default 1.0): expected trained pairs per labelled "
         "conversation and epoch; >1 repeats conversations, <1 includes the task less often",
     )
-    intent_labels: list[str] | None = Field(None, description="intent label set (default: the registry's)")
+    labels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="label set per classification task (task -> labels); a task not listed takes its "
+        "labels from the training data (labels_from_data) or keeps its default set",
+    )
+    labels_from_data: bool = Field(
+        True, description="classification tasks without a label set here take the labels of the training "
+        "data when the data uses labels outside the task's default set")
+    intent_labels: list[str] | None = Field(None, description="older spelling of labels.intent (kept for "
+                                            "existing configs)")
 
     @field_validator("weights")
     @classmethod
@@ -107,6 +130,14 @@ class TasksSection(_Group):
 
     def weight(self, name: str) -> float:
         return float(self.weights.get(name, 1.0))
+
+    def label_set(self, name: str) -> list[str] | None:
+        """The label set the config gives task ``name`` (``labels``, or ``intent_labels`` for intent)."""
+        if name in self.labels:
+            return list(self.labels[name])
+        if name == "intent" and self.intent_labels is not None:
+            return list(self.intent_labels)
+        return None
 
 
 class LoraSection(_Group):
@@ -153,7 +184,7 @@ class PredictorsSection(_Group):
 
     enabled: bool = Field(True, description="train an encoder head and choose each label task's predictor")
     encoder: str = Field("all-minilm-l6-v2", min_length=1,
-                         description="sentence encoder: the packaged default or a sentence-transformers folder")
+                         description="sentence encoder: packaged default or a sentence-transformers folder")
     tune_encoder: bool = Field(True, description="contrastive tuning of the encoder on the run's labels")
     encoder_epochs: int | None = Field(None, ge=1, le=50,
                                        description="contrastive epochs (default: from the data size, 1-4)")
@@ -454,6 +485,12 @@ def check_config(cfg: TrainConfig, *, check_files: bool = True) -> list[str]:
     for name in t.weights:
         if name not in t.names:
             problems.append(f"tasks.weights.{name}: not a selected task (selected: {', '.join(t.names)})")
+    for name in t.labels:
+        if name not in t.names:
+            problems.append(f"tasks.labels.{name}: not a selected task (selected: {', '.join(t.names)})")
+    if t.intent_labels is not None and "intent" in t.labels and list(t.labels["intent"]) != t.intent_labels:
+        problems.append("tasks.intent_labels and tasks.labels.intent are both set and differ; keep "
+                        "tasks.labels.intent (intent_labels is its older spelling)")
     if t.names and all(t.weight(n) == 0 for n in t.names):
         problems.append("tasks.weights: every selected task has weight 0, so nothing would be trained")
     if tr.padding_free and tr.batch_size == 1:
@@ -510,6 +547,8 @@ def _resume_differences(stored: dict, cfg: TrainConfig) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key in RESUME_MUTABLE or a.get(key) == b.get(key):
             continue
+        if key.startswith("tasks.labels.") and b.get(key) is None and cfg.tasks.labels_from_data:
+            continue  # resolved from the same data again (a changed stream is refused at resume)
         problems.append(
             f"{key}: {b.get(key)!r} differs from the run being resumed ({a.get(key)!r}); a resumed run keeps "
             "its config: drop the change, or start a new run with another --out"

@@ -539,9 +539,9 @@ def selection_summary(selection: dict[str, Any]) -> dict[str, Any]:
     """What a run's metrics.json (and a job's result) says about its predictors."""
     from convtune.predictors.fit import validation_table
 
+    encoder = {k: selection["encoder"].get(k) for k in ("base", "tuned", "epochs", "steps", "seconds")}
     return {"tasks": selection["tasks"], "validation": validation_table(selection),
-            "notes": selection["notes"], "encoder": {k: selection["encoder"].get(k)
-                                                     for k in ("base", "tuned", "epochs", "steps", "seconds")}}
+            "notes": selection["notes"], "encoder": encoder}
 
 
 def _stderr(msg: str) -> None:
