@@ -12,7 +12,7 @@ view               text
 ``customer_first`` the customer's first 3 turns
 ``customer_start`` the customer's first 2 turns
 ``customer_end``   the customer's last 2 turns
-``customer``       every customer turn (long calls: the first and last 96 words)
+``customer``       every customer turn (long calls: the first and last 64 words)
 ``all``            the whole transcript, ``Speaker: text`` per line (same cut)
 =================  ==============================================================
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from convtune.conversation import Conversation
 
 #: Words kept from each end of a long view (MiniLM reads at most 256 word pieces).
-EDGE_WORDS = 96
+EDGE_WORDS = 64
 
 
 def _customer_texts(conv: Conversation) -> list[str]:

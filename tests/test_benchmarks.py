@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections import Counter
 
 import pytest
@@ -14,6 +15,7 @@ from .conftest import ROOT
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -108,3 +110,107 @@ def test_feedback_experiment_rule_is_the_documented_preference():
     # test pairs: every two answers of a prompt with different ratings, better first
     samples = [{"reference": ref, "texts": [good, vague, vague]}]
     assert fa.test_pairs(samples) == [(0, 0, 1), (0, 0, 2)]
+
+
+def write_tiny_datasets(root):
+    """A few rows in each dataset's real layout (quirks included: CRLF csv, quoted tsv cells with
+    newlines, multi-intent turns, ``__eou__`` dialogues, DialogSum's ``#Person1#`` turns)."""
+    b77 = root / "banking77"
+    b77.mkdir(parents=True)
+    words = {"card_arrival": "card arrive delivered post", "exchange_rate": "exchange rate euro dollar",
+             "lost_card": "lost stolen missing gone"}
+    for split, n in (("train", 6), ("test", 3)):
+        lines = ["text,category"] + [f"{w} number {i},{label}"
+                                     for label, w in words.items() for i in range(n)]
+        (b77 / f"{split}.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    header = "conversationId\tturnNumber\tutteranceId\tutterance\tslot-labels\tintent"
+    for domain in ("insurance", "software"):
+        for split in ("train", "dev", "test"):
+            rows = [header]
+            for i in range(4):
+                rows += [f"c{i}\t1\tu{i}a\thello there {i}\tO\topeninggreeting",
+                         f"c{i}\t2\tu{i}b\t\"my {domain} claim\nstatus {i}\"\tO\t{domain}status",
+                         f"c{i}\t3\tu{i}c\tboth {i}\tO\t{domain}status<div>openinggreeting"]
+            d = root / "multidogo" / "turn_level" / domain
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    for split in ("validation", "test"):
+        d = root / "dailydialog" / split
+        d.mkdir(parents=True)
+        dialogues = ["I love it ! __eou__ I hate this . __eou__ It is at noon . __eou__"] * 8
+        (d / "dialogues.txt").write_text("\n".join(dialogues) + "\n")
+        (d / "dialogues_emotion.txt").write_text("\n".join(["4 1 0"] * 8) + "\n")
+        (d / "dialogues_act.txt").write_text("\n".join(["1 1 1"] * 8) + "\n")
+    ds = root / "dialogsum"
+    ds.mkdir()
+    dialogue = ("#Person1#: Hello, how can I help you?\n#Person2#: My order is late.\n"
+                "#Person1#: I will check it.")
+    dev = [{"fname": f"dev_{i}", "dialogue": dialogue, "summary": "#Person2#'s order is late.", "topic": "t"}
+           for i in range(4)]
+    test = [{"fname": f"test_{i}", "dialogue": dialogue, "summary1": "#Person2#'s order is late.",
+             "summary2": "An order is late.", "summary3": "#Person1# checks a late order.",
+             "topic1": "t", "topic2": "t", "topic3": "t"} for i in range(3)]
+    (ds / "dialogsum.dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    (ds / "dialogsum.test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+
+
+def test_quality_skips_missing_datasets(tmp_path, capsys):
+    quality = load_script("quality")
+    out = tmp_path / "quality.json"
+    argv = ["--datasets-dir", str(tmp_path / "absent"), "--skip-lm", "--workdir", str(tmp_path / "w"),
+            "--out", str(out)]
+    assert quality.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert all(f"skipped {ds}" in printed for ds in quality.DATASETS) and not out.exists()
+
+
+def test_quality_baselines_on_tiny_datasets_and_rerun(tmp_path, capsys):
+    """The --skip-lm path end to end on synthetic data (bag-of-words encoder: no model loads)."""
+    from tests.test_embeddings import HashEncoder
+
+    quality = load_script("quality")
+    root, out = tmp_path / "datasets", tmp_path / "quality.json"
+    write_tiny_datasets(root)
+    argv = ["--datasets-dir", str(root), "--skip-lm", "--quick", "--workdir", str(tmp_path / "w"),
+            "--out", str(out)]
+    assert quality.main(argv, encoder=HashEncoder()) == 0
+    result = json.loads(out.read_text())
+    assert set(result["machine"]) >= {"platform", "torch", "threads"}
+    tasks = result["tasks"]
+    assert set(tasks) == {"banking77/intent", "multidogo/intent", "dailydialog/sentiment",
+                          "dialogsum/summary"}
+    for key in ("banking77/intent", "multidogo/intent", "dailydialog/sentiment"):
+        e = tasks[key]
+        assert e["served"] is None and e["base_model"] is None and not e["complete"]
+        assert set(e["baselines"]) == {"majority", "tfidf_logreg", "minilm_1nn", "minilm_logreg"}
+        assert all(0.0 <= v <= 1.0 for v in e["baselines"].values()) and e["n_test"] > 0
+    b77 = tasks["banking77/intent"]
+    assert b77["metric"] == "accuracy" and b77["n_test"] == 6 and b77["n_train"] == 9  # quick: 3 per intent
+    assert b77["baselines"]["tfidf_logreg"] == 1.0  # the label words separate the intents
+    mdg = tasks["multidogo/intent"]
+    assert mdg["data"]["domains"] == ["insurance", "software"] and mdg["labels"] == 3
+    assert mdg["data"]["multi_intent_dropped"]["software/test"] == 4
+    dd = tasks["dailydialog/sentiment"]
+    assert dd["metric"] == "macro_f1" and dd["data"]["test_class_counts"] == {
+        "positive": 8, "negative": 8, "neutral": 8}
+    assert tasks["dialogsum/summary"]["metric"] == "rougeL" and tasks["dialogsum/summary"]["n_test"] == 3
+    task_file = tmp_path / "w" / "banking77" / "tasks.yaml"
+    from tasks import load_task_file
+
+    (task,) = load_task_file(task_file)  # what training and the base model are given
+    assert task.constrained_default and not task.show_labels and len(task.labels) == 3
+    assert not (tmp_path / "w" / "banking77" / "run").exists()  # --skip-lm trains nothing
+    capsys.readouterr()
+    assert quality.main(argv, encoder=HashEncoder()) == 0  # a rerun reuses every stage
+    assert "baselines: reused" in capsys.readouterr().out
+    assert json.loads(out.read_text())["tasks"] == tasks
+
+
+def test_quality_dialogsum_roles_and_best_reference_rouge():
+    quality = load_script("quality")
+    conv = quality.dialogsum_conversation("#Person1#: Hi, how can I help?\n#Person2#: My card\nis lost.", "d")
+    assert [(t.speaker, t.role.value, t.text) for t in conv.turns] == [  # a continuation line joins its turn
+        ("#Person1#", "agent", "Hi, how can I help?"), ("#Person2#", "customer", "My card is lost.")]
+    refs = ["the card is lost", "something else entirely"]
+    assert quality.rouge_l_best("the card is lost", refs) == 1.0
+    assert quality.rouge_l_best(None, refs) == 0.0 == quality.rouge_l_best("  ", refs)

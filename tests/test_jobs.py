@@ -207,6 +207,55 @@ def test_chat_format_upload_trains_the_assistant_turns(server, tmp_path):
     assert out.choices[0].message.content
 
 
+def test_tenant_intents_train_through_a_job_with_label_sets_from_the_file(server, tmp_path):
+    """A file labelled with the tenant's own intents trains: the label set comes from the file
+    (recorded on the job) and reaches the run; bad label sets are refused at creation."""
+    from convtune.jobs.service import run_dir
+
+    oai = client_for(server, server.acme)
+    own = ("pin_reset_request", "card_lost", "balance_query")
+
+    def upload(labels, name):
+        rows = [json.loads(line) for line in (EXAMPLES / "train.jsonl").read_text().splitlines()[:6]]
+        for i, row in enumerate(rows):
+            row["labels"] = {"intent": labels[i % len(labels)]}
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with open(path, "rb") as fh:
+            f = oai.files.create(file=fh, purpose="fine-tune")
+        assert f.status == "processed", f.status_details
+        return f
+
+    def method(**hp):
+        return {"type": "supervised", "supervised": {"hyperparameters": {"max_steps": 2, **hp}}}
+
+    f = upload(own, "own.jsonl")
+    with pytest.raises(openai.BadRequestError) as err:  # an explicit set missing one of the file's labels
+        oai.fine_tuning.jobs.create(training_file=f.id, model="tiny-base",
+                                    method=method(labels={"intent": ["pin_reset_request", "card_lost"]}))
+    assert err.value.body["param"] == "hyperparameters.labels"
+    assert "balance_query" in err.value.body["message"]
+    single = upload(("pin_reset_request",), "single.jsonl")
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.fine_tuning.jobs.create(training_file=single.id, model="tiny-base", method=method())
+    assert err.value.body["param"] == "training_file"
+    assert "needs at least 2 labels; found only 'pin_reset_request'" in err.value.body["message"]
+
+    job = oai.fine_tuning.jobs.create(training_file=f.id, model="tiny-base", suffix="own", method=method())
+    assert job.hyperparameters.model_extra["labels"] == {"intent": sorted(own)}  # recorded on the job
+    done = wait_for(
+        lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+        240,
+        "the job on the tenant's intents",
+    )
+    events = [e.message for e in oai.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert done.status == "succeeded", (done.error, events)
+    assert any(m.startswith("Label set: intent:") for m in events)
+    run = run_dir(server.ctx.settings.home, {"tenant": "acme", "id": job.id}) / "run"
+    info = json.loads((run / "tasks.json").read_text())
+    assert info["labels"] == {"intent": sorted(own)} and info["tasks"][0]["labels"] == sorted(own)
+
+
 def test_pause_resume_and_preference_files(server, tmp_path):
     oai = client_for(server, server.acme)
     good = {

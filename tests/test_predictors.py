@@ -146,9 +146,10 @@ def test_a_run_answers_label_tasks_with_its_recorded_predictor(tmp_path, tiny_mo
     rows = [c.model_dump(mode="json") for c in toy(5)]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sets = ["train.max_steps=2", "predictors.encoder_epochs=1", "tasks.names=[need]", "predictors.min_validation=3"]
-    cfg = load_config(None, overrides=sets,
-                      flags={"data.train": data, "model.name": str(tiny_model_dir), "output.dir": tmp_path / "run"})
+    sets = ["train.max_steps=2", "predictors.encoder_epochs=1", "tasks.names=[need]",
+            "predictors.min_validation=3"]
+    flags = {"data.train": data, "model.name": str(tiny_model_dir), "output.dir": tmp_path / "run"}
+    cfg = load_config(None, overrides=sets, flags=flags)
     result = train(cfg, tasks=[need_task()])
     assert result.metrics["predictors"]["tasks"]["need"]["predictor"] in ("head", "knn")
     assert {r["field"] for r in result.metrics["predictors"]["validation"]} == {"need"}

@@ -610,3 +610,81 @@ def test_few_shot_run_trains_on_retrieved_examples_and_keeps_its_index(tiny_mode
     grown = [a["prompt_tokens"] - b["prompt_tokens"]
              for a, b in zip(with_examples.records, without.records, strict=True)]
     assert grown and all(g > 40 for g in grown)  # the run's example index was used automatically
+
+
+# ---- label sets: a tenant's own labels, from the data (issue 14) ----------------------------
+
+TENANT_INTENTS = ("pin_reset_request", "card_lost", "balance_query")
+
+
+def intent_rows(labels) -> list[dict]:
+    return [conv_dict(i, {"intent": labels[i % len(labels)]}) for i in range(2 * len(labels))]
+
+
+def test_tenant_intents_train_and_evaluate_resolves_the_same_labels(tiny_model_dir, tmp_path, capsys):
+    from convtune.cli import main as convtune_main
+    from convtune.evaluation.evaluate import resolve_tasks
+    from convtune.training.cli import main
+
+    data = write_jsonl(tmp_path / "train.jsonl", intent_rows(TENANT_INTENTS))
+    assert convtune_main(["data", "validate", str(data)]) == 0  # the file is valid as it is
+    out = tmp_path / "run"
+    rc = main(["train", "--train", str(data), "--model", str(tiny_model_dir), "--out", str(out),
+               "--max-steps", "2", "--no-progress", "--set", "tasks.names=[intent]",
+               "--set", "predictors.enabled=false", "--set", "train.max_seq_len=512",
+               "--set", "train.grad_accum=1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "the label set is the 3 labels found in the data" in captured.err + captured.out
+    want = sorted(TENANT_INTENTS)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["tasks"]["labels"] == {"intent": want}
+    info = json.loads((out / "tasks.json").read_text())
+    assert info["labels"] == {"intent": want} and info["tasks"][0]["labels"] == want
+    assert ", ".join(want) in info["tasks"][0]["instruction"]
+    (task,) = resolve_tasks(["intent"], run_dir=out)  # what `convtune evaluate` and the server build
+    assert list(task.labels) == want and task.instruction == info["tasks"][0]["instruction"]
+
+
+def test_label_sets_default_kept_explicit_or_reported_before_any_weights_load(tmp_path, monkeypatch):
+    import transformers
+
+    from convtune.errors import DataValidationError
+    from convtune.training import load_config, prepare, train
+    from tasks.classification import INTENT_LABELS
+
+    def forbidden(*a, **k):
+        raise AssertionError("weights must not load")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", forbidden)
+
+    def cfg(name, rows, *extra):
+        return load_config(None, overrides=["tasks.names=[intent]", "train.max_seq_len=512",
+                                            "predictors.enabled=false", *extra],
+                           flags={"data.train": write_jsonl(tmp_path / f"{name}.jsonl", rows),
+                                  "output.dir": tmp_path / name})
+
+    # data inside the default set: the 16 labels (and the prompt) stay
+    c = cfg("default", intent_rows(("billing_dispute", "complaint")))
+    assert prepare(c).tasks[0].labels == INTENT_LABELS and c.tasks.labels == {"intent": list(INTENT_LABELS)}
+    # explicit sets (the older tasks.intent_labels too) are used as given
+    for extra in ("tasks.labels={intent: [pin_reset_request, card_lost, balance_query, other]}",
+                  "tasks.intent_labels=[pin_reset_request, card_lost, balance_query, other]"):
+        assert prepare(cfg("explicit", intent_rows(TENANT_INTENTS), extra)).tasks[0].labels[-1] == "other"
+    # labels_from_data off: the default set, and the data's labels are reported as before
+    with pytest.raises(DataValidationError) as err:
+        prepare(cfg("off", intent_rows(TENANT_INTENTS), "tasks.labels_from_data=false"))
+    assert "'card_lost' is not one of the 16 labels of 'intent'" in err.value.report()
+
+    with pytest.raises(DataValidationError) as err:
+        train(cfg("single", intent_rows(("pin_reset_request",))))
+    report = err.value.report()
+    assert "[labels.intent]: needs at least 2 labels; found only 'pin_reset_request' in the data" in report
+    assert "drop the task with tasks.names" in report and len(err.value.problems) == 1
+
+    with pytest.raises(DataValidationError) as err:
+        train(cfg("dupes", intent_rows(("Billing_Dispute", "billing_dispute", "refunds", "refund", "other"))))
+    report = err.value.report()
+    assert "'Billing_Dispute' in 2 conversations, first conversation 'c000' (dupes.jsonl:1)" in report
+    assert "use one spelling in the data (e.g. 'billing_dispute')" in report and "'refunds'" in report
+    assert len(err.value.problems) == 2 and not (tmp_path / "dupes").exists()

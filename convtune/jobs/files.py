@@ -148,9 +148,25 @@ def _process(raw: Path, out: Path, mapping: str | None) -> tuple[str, str, int, 
     info = {
         "redactions": dict(result.redactions),
         "tasks": dict(sorted(labelled.items())),
+        "labels": _label_counts(convs, labelled),
         "turns": result.turns,
     }
     return kind, result.format, result.conversations, info
+
+
+MAX_RECORDED_LABELS = 1000  # distinct labels of one task kept in a file's info (more: left to training)
+
+
+def _label_counts(convs: list[Any], labelled: Counter) -> dict[str, dict[str, int]]:
+    """Per classification task (intent): label -> conversations, so a job resolves its label sets
+    from the file without reading it again (``convtune.training.taskset.resolve_label_sets``)."""
+    from convtune.training import taskset
+    from tasks.registry import default_registry
+
+    names = [t.name for t in default_registry() if taskset.is_label_set_task(t) and t.name in labelled]
+    seen = taskset.labels_in_data([(convs, None)], names)
+    return {name: {lab: s.count for lab, s in sorted(by_label.items())}
+            for name, by_label in seen.items() if len(by_label) <= MAX_RECORDED_LABELS}
 
 
 # ---- preference files ----------------------------------------------------------------------

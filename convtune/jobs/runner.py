@@ -74,7 +74,7 @@ def build_config(db: JobsDB, job: dict[str, Any], home: Path) -> tuple[Any, list
                 "format": "convtune",
                 "validation_format": "convtune" if val_file else None,
             },
-            "tasks": {"names": names},
+            "tasks": {"names": names, "labels": hp.get("labels") or {}},  # resolved at job creation
             "lora": {"r": hp.get("lora_r", 16), "alpha": 2 * hp.get("lora_r", 16)},
             "train": train,
             "output": {"dir": str(run_dir(home, job) / "run"), "max_checkpoints": 2},
@@ -243,6 +243,8 @@ def _supervised(db: JobsDB, home: Path, job: dict[str, Any]) -> tuple[Path, int,
         )
     except TrainingInterrupted:
         return None
+    if cfg.tasks.labels and not job["hyperparameters"].get("labels"):  # a file uploaded before label counts
+        db.update_job(job_id, hyperparameters={**job["hyperparameters"], "labels": cfg.tasks.labels})
     _publish_validation(db, job_id, result.metrics.get("predictors"))
     loss = result.metrics.get("final_train_loss")
     return result.run_dir, result.steps, int(result.metrics.get("tokens") or 0), f"final train loss {loss}"

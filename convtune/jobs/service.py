@@ -54,6 +54,11 @@ class Hyperparameters(BaseModel):
     tasks: list[str] | None = Field(
         None, description="conversation files: the tasks to train (default: all labelled)"
     )
+    labels: dict[str, list[str]] | None = Field(
+        None,
+        description="conversation files: label set per classification task, e.g. {intent: [...]} "
+        "(default: from the training data, as convtune train's tasks.labels_from_data)",
+    )
 
 
 class DpoHyperparameters(BaseModel):
@@ -156,6 +161,8 @@ def create_job(
                 f"(labelled: {', '.join(labelled)})",
                 param="hyperparameters.tasks",
             )
+    files = [train] + ([val] if req.validation_file is not None else [])
+    labels, notes = _label_sets(hp, files, hp.tasks or labelled, train["kind"])
     job_id = new_id("ftjob")
     now = int(time.time())
     row = {
@@ -170,6 +177,7 @@ def create_job(
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp.model_dump(exclude_none=True)}},
         "hyperparameters": {
             **resolve_hyperparameters(hp, train["records"]),
+            **({"labels": labels} if labels else {}),
             "base": base_spec,
             "base_name": base_name,
         },
@@ -177,16 +185,77 @@ def create_job(
         "created_at": now,
         "attempts": 0,
     }
-    return _queue(db, row, train)
+    return _queue(db, row, train, notes)
 
 
-def _queue(db: JobsDB, row: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def _label_sets(
+    hp: Hyperparameters, files: list[dict[str, Any]], names: list[str], kind: str
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Every classification task's label set for the job (``hp.labels``, else the files' labels,
+    the way ``convtune train`` resolves them) and what to say about sets taken from the data."""
+    param = "hyperparameters.labels"
+    if kind != "conversations":
+        if hp.labels:
+            raise JobError(400, "hyperparameters.labels applies to conversation files with labels",
+                           param=param)
+        return {}, []
+    from pydantic import ValidationError
+
+    from convtune.training import taskset
+    from convtune.training.config import TasksSection
+    from tasks.registry import default_registry
+
+    given = hp.labels or {}
+    unknown = [t for t in given if t not in names]
+    if unknown:
+        raise JobError(400, f"no task {', '.join(map(repr, unknown))} to train in this job (tasks: "
+                       f"{', '.join(names)})", param=param)
+    known = default_registry()
+    selected = [n for n in names if n in known]  # others are the training run's to report
+    if not selected:
+        return {}, []
+    try:
+        section = TasksSection(names=selected, labels=given)
+    except ValidationError as exc:
+        raise JobError(400, f"hyperparameters.labels: {exc.errors()[0]['msg']}", param=param) from None
+    tasks, problems = taskset.resolve_tasks(section)
+    if problems:
+        msg = "; ".join(p.replace("tasks.labels.", "hyperparameters.labels.") for p in problems)
+        raise JobError(400, msg, param=param)
+    infos = [f.get("info") or {} for f in files]
+    seen: dict[str, dict[str, taskset.SeenLabel]] = {}
+    for info in infos:
+        for task, counts in (info.get("labels") or {}).items():
+            for lab, n in counts.items():
+                seen.setdefault(task, {}).setdefault(lab, taskset.SeenLabel()).count += int(n)
+    complete = all("labels" in info for info in infos)  # files uploaded before label counts: training decides
+    sets = taskset.resolve_label_sets(section, tasks, seen if complete else {},
+                                      names_key="hyperparameters.tasks", labels_key=param)
+    if sets.problems:
+        raise JobError(400, "; ".join(f"{name}: {msg}" for name, msg in sets.problems), param="training_file")
+    for name, labels in sets.labels.items():
+        outside = sorted(set(seen.get(name, {})) - set(labels))
+        if outside:
+            more = ", ..." if len(outside) > 10 else ""
+            raise JobError(400, f"the training data has {name} labels outside hyperparameters.labels.{name}: "
+                           f"{', '.join(outside[:10])}{more} (add them, or leave the set to the data)",
+                           param=param)
+    if not complete:
+        sets.labels = {k: v for k, v in sets.labels.items() if k in given}
+    return sets.labels, sets.notes
+
+
+def _queue(
+    db: JobsDB, row: dict[str, Any], train: dict[str, Any], notes: list[str] | None = None
+) -> dict[str, Any]:
     job_id = row["id"]
     db.add_job(row)
     db.add_event(job_id, f"Created fine-tuning job {job_id}")
     db.add_event(
         job_id, f"Validated training file {row['training_file']}: {train['records']} {train['kind']} records"
     )
+    for note in notes or []:
+        db.add_event(job_id, f"Label set: {note}")
     job = db.get_job(job_id)
     db.update_job(job_id, status="queued")
     db.add_event(job_id, "Job queued")
@@ -360,7 +429,8 @@ def get_job(db: JobsDB, tenant: str, job_id: str) -> dict[str, Any]:
 
 def job_object(job: dict[str, Any]) -> dict[str, Any]:
     hp = job["hyperparameters"]
-    shown = ("n_epochs", "batch_size", "learning_rate_multiplier") + (("beta",) if "beta" in hp else ())
+    extra = tuple(k for k in ("beta", "labels") if k in hp)  # labels: convtune, the label sets trained
+    shown = ("n_epochs", "batch_size", "learning_rate_multiplier") + extra
     return {
         "object": "fine_tuning.job",
         "id": job["id"],

@@ -18,7 +18,7 @@ from typing import Any
 
 from convtune.conversation import Conversation
 from convtune.evaluation.generate import Answer, AnswerRun, TaskTiming, answer_tasks
-from convtune.predictors.store import RunPredictors
+from convtune.predictors.store import LM_PREDICTORS, RunPredictors
 
 
 def answer_with_predictors(generator: Any, renderer: Any, conversations: Sequence[Conversation],
@@ -40,6 +40,11 @@ def answer_with_predictors(generator: Any, renderer: Any, conversations: Sequenc
     by_key = {(a.conversation_id, a.task): a for a in run.answers}
     for task in tasks:
         if not predictors.task_fields(task):
+            continue
+        if predictors.task_predictor(task) in LM_PREDICTORS:  # the LM's own answer, as it gave it
+            for a in run.answers:
+                if a.task == task.name:
+                    a.predictor = predictors.task_predictor(task)
             continue
         asked = [c for c in conversations if not only_labelled or task.has_label(c)]
         if not asked:

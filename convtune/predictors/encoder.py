@@ -110,7 +110,7 @@ def tune_encoder(base: Path, fields: Mapping[str, tuple[Sequence[str], Sequence[
     with tempfile.TemporaryDirectory(prefix="convtune-encoder-") as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, num_train_epochs=1, per_device_train_batch_size=BATCH_SIZE,
-            learning_rate=lr, warmup_ratio=0.1, seed=seed, data_seed=seed,
+            learning_rate=lr, warmup_steps=0.1, seed=seed, data_seed=seed,  # < 1: a ratio
             multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
             save_strategy="no", report_to="none", logging_steps=max(1, steps // 5), disable_tqdm=True,
             use_cpu=device == "cpu", bf16=False, fp16=False, dataloader_num_workers=0,

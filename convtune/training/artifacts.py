@@ -48,6 +48,7 @@ def tasks_payload(tasks: list[Any], renderer: Any, cfg: TrainConfig,
         "weights": {t.name: cfg.tasks.weight(t.name) for t in tasks},
         "task_files": [str(f) for f in cfg.tasks.files],
         "intent_labels": cfg.tasks.intent_labels,
+        "labels": dict(cfg.tasks.labels),  # every classification task's label set, as trained
         "renderer": renderer.settings(),
         "max_seq_len": cfg.train.max_seq_len,
         # few-shot: K examples retrieved from RUN_DIR/examples into every prompt, for these tasks

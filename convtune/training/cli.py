@@ -25,7 +25,7 @@ examples:
 
 config keys (--set GROUP.KEY=VALUE; values are read as YAML):
   model.name  data.{train,validation,validation_fraction,format,validation_format,max_transcript_tokens,limit}
-  tasks.{names,files,weights,intent_labels}  lora.{r,alpha,dropout,target_modules}
+  tasks.{names,files,weights,labels,labels_from_data,intent_labels}  lora.{r,alpha,dropout,target_modules}
   train.{epochs,max_steps,max_tokens_budget,lr,lr_scheduler,warmup_ratio,weight_decay,max_grad_norm,
          batch_size,grad_accum,max_seq_len,seed,eval_every,save_every,log_every,device,
          gradient_checkpointing,padding_free}

@@ -170,6 +170,10 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
     if cfg.data.validation is not None and cfg.data.validation.is_file():
         val_convs = _load_split(cfg.data.validation, cfg.data.validation_format, data_problems)
 
+    # classification tasks' label sets from the data (recorded in cfg.tasks.labels -> config.json)
+    task_list, label_notes = taskset.apply_data_labels(
+        cfg.tasks, task_list, ((train_convs, cfg.data.train), (val_convs, cfg.data.validation)),
+        data_problems)
     if task_list:
         for convs, path in ((train_convs, cfg.data.train), (val_convs, cfg.data.validation)):
             if convs:
@@ -229,12 +233,12 @@ def prepare(cfg: TrainConfig, *, resume: bool = False, tasks: Sequence[Any] | No
     )
     val_examples, val_stats = build_eval_examples(builder, val_convs, task_list, weights, context)
     prep = PreparedRun(cfg, task_list, train_convs, val_convs, model_dir, tokenizer, renderer, stream,
-                       val_examples, val_stats, context=context)
+                       val_examples, val_stats, context=context, predictor_notes=label_notes)
     if cfg.predictors.enabled:
         from convtune.predictors.fit import plan_fields
 
         label_tasks = [t for t in task_list if taskset.label_fields_of(t)]
-        prep.predictor_notes = plan_fields(label_tasks, train_convs, val_convs, cfg.predictors)[2]
+        prep.predictor_notes += plan_fields(label_tasks, train_convs, val_convs, cfg.predictors)[2]
     if examples is not None:
         prep._examples_tmp, prep.few_shot_tasks = examples
         prep.examples_dir = Path(prep._examples_tmp.name) / "examples"
