@@ -305,6 +305,62 @@ def test_generation_stops_at_its_deadline(tiny, convs):
         assert answer_tasks(gen, tiny[2], convs[:1], TASKS).answers
 
 
+def test_loop_period_checks_the_tail():
+    from convtune.evaluation.generate import loop_period
+
+    assert loop_period([9, 1, 2, 3, 4] + [1, 2, 3, 4] * 2) == 4
+    assert loop_period([7] + [1, 2, 3, 4, 5] * 3) == 5
+    assert loop_period([5] * 12) == 4  # a one-token loop is a 4-token cycle too
+    assert loop_period([1, 2, 3, 4] * 2) == 0  # two copies are not a loop yet
+    assert loop_period([1, 2, 3, 4] * 2 + [1, 2, 3, 5]) == 0  # the tail has left the cycle
+    assert loop_period([1, 2, 3] * 6) == 6 and loop_period([1, 2, 3] * 5) == 0
+    assert loop_period(list(range(200))) == 0
+
+
+class _Passthrough:
+    """A guide that allows every token (stands in for a grammar guide)."""
+
+    def mask_(self, logits):
+        return logits
+
+    def advance(self, token):
+        pass
+
+
+def test_free_text_loops_are_stopped_and_trimmed(tiny, convs):
+    """A model pushed into a 5-token cycle: the free row stops after three copies, keeping one;
+    a guided row is left alone and runs to its budget."""
+    from convtune.evaluation import Generator
+    from convtune.renderer import TaskTurn
+
+    model, tok, renderer = tiny
+    cycle = tok.encode(" the refund is pending", add_special_tokens=False)[:4] + [tok.encode("!")[0]]
+    assert len(cycle) == 5
+
+    class Looping(Generator):
+        def forward(self, **kwargs):
+            out = super().forward(**kwargs)
+            pos = kwargs["position_ids"][:, -1]  # each row's next token follows its position
+            for r, p in enumerate(pos.tolist()):
+                out.logits[r, -1, cycle[(p + 1) % len(cycle)]] += 1e4
+            return out
+
+    gen = Looping(model, tok)
+    prompt = renderer.prompt(convs[0], TASKS[0].instruction).input_ids
+    with torch.inference_mode():
+        rows = gen.rows(2)
+        free, guided = rows.decode(rows.prefill([prompt, prompt]), [40, 40], guides=[None, _Passthrough()])
+        # The row can keep going after the trimmed answer (its cache still matches its live tokens).
+        follow = renderer.prompt(convs[0], TASKS[2].instruction,
+                                 answered=[TaskTurn(TASKS[0].instruction, free.text.strip())]).input_ids
+        again = rows.decode(rows.prefill([follow, None]), [40, 40], active=[True, False])[0]
+        fresh = gen.generate([follow], 40)[0]
+    assert len(free.token_ids) == len(cycle) and not free.stopped  # 15 tokens generated, one copy kept
+    assert sorted(free.token_ids) == sorted(cycle) and free.text == tok.decode(free.token_ids)
+    assert len(guided.token_ids) == 40 and not guided.stopped
+    assert again.token_ids == fresh.token_ids and len(fresh.token_ids) == len(cycle)
+
+
 def test_close_truncated_list_keeps_only_finished_items():
     from convtune.guided import close_truncated_list
 
@@ -376,6 +432,40 @@ def test_metrics_json_png_and_predictions_are_written(results, tmp_path, convs):
     assert {"model", "conversation_id", "task", "output", "parsed", "parse_ok", "gold"} <= set(preds[0])
     table = compare(base, tuned).format_table()
     assert all(t.name in table for t in TASKS) and "parse_failure_rate" in table and "delta" in table
+    text_rows = {r["metric"] for r in rows if r["task"] == "fake_text"}
+    assert {"faithfulness", "repetition_rate", "loops"} <= text_rows and "faithfulness" in table
+    assert "faithfulness" not in {r["metric"] for r in rows if r["task"] != "fake_text"}
+
+
+def test_score_answers_adds_faithfulness_repetition_and_loops(convs):
+    from convtune.evaluation.evaluate import score_answers
+    from convtune.evaluation.generate import Answer, AnswerRun, TaskTiming
+    from tasks import default_registry
+
+    reg = default_registry()
+    tasks = [reg.get("summary"), reg.get("action_items"), reg.get("intent")]
+    two = convs[:2]
+    texts = {
+        (two[0].id, "summary"): two[0].turns[1].text,  # copied from the transcript: faithful
+        (two[1].id, "summary"): "The Zorblax refund is pending. " * 4,  # invented name, looping
+        (two[0].id, "action_items"): json.dumps([{"text": two[0].turns[0].text, "assignee": "agent",
+                                                  "due": None}]),
+        (two[1].id, "action_items"): "not json",
+        (two[0].id, "intent"): "billing_dispute",
+        (two[1].id, "intent"): "billing_dispute",
+    }
+    answers = [Answer(c, t, text, [], True, False, 0, 0, 0.0) for (c, t), text in texts.items()]
+    run = AnswerRun(answers, {t.name: TaskTiming(t.name) for t in tasks}, 0.0, "chained", False, 1, 2)
+    results, records = score_answers(run, two, tasks, "m")
+    summary = results["summary"].metrics
+    assert 0 < summary["faithfulness"] < 1 and summary["loops"] == 1.0 and summary["repetition_rate"] > 0.3
+    actions = results["action_items"].metrics
+    assert actions["faithfulness"] == 1.0 and actions["loops"] == 0.0  # the failed parse is left out
+    assert "faithfulness" not in results["intent"].metrics and "loops" not in results["intent"].metrics
+    by = {(r["conversation_id"], r["task"]): r for r in records}
+    assert by[(two[0].id, "summary")]["faithfulness"] in (1.0, None) and by[(two[1].id, "summary")]["loop"]
+    assert by[(two[1].id, "action_items")]["faithfulness"] is None
+    assert "faithfulness" not in by[(two[0].id, "intent")]
 
 
 # ---- the CLI on a minimal run directory -------------------------------------------------

@@ -496,3 +496,108 @@ def test_task_file_errors(tmp_path):
     with pytest.raises(DataValidationError, match="1 problem"):
         default_registry().register_file(tmp_path / "clash.yaml")
     assert [t.name for t in load_task_file(tmp_path / "clash.yaml")] == ["summary"]
+
+
+# ---- extractive baselines -------------------------------------------------------------------------
+
+def _turns_conv(*turns: tuple[str, str, str]) -> Conversation:
+    return Conversation(id="x", turns=[{"id": f"t{i}", "speaker": s, "role": r, "text": t}
+                                       for i, (s, r, t) in enumerate(turns)])
+
+
+def test_extractive_baselines_pick_turns():
+    from tasks.extractive import (
+        EXTRACTIVE_BASELINES,
+        first_customer_last_agent,
+        first_speaker_last_turn,
+        lead_n,
+        longest_turn,
+    )
+
+    conv = _turns_conv(("Agent", "agent", "Hello, Northwind."), ("Customer", "customer", "My bill is wrong."),
+                 ("Agent", "agent", "I have refunded the extra $45 charge."),
+                 ("Customer", "customer", "Thanks."))
+    assert lead_n(conv, 1) == "Hello, Northwind."
+    assert lead_n(conv, 2) == "Hello, Northwind. My bill is wrong."
+    assert lead_n(conv, 9) == " ".join(t.text for t in conv.turns)
+    assert longest_turn(conv) == "I have refunded the extra $45 charge."
+    assert first_speaker_last_turn(conv) == "Hello, Northwind. Thanks."
+    assert first_customer_last_agent(conv) == "My bill is wrong. I have refunded the extra $45 charge."
+    assert list(EXTRACTIVE_BASELINES) == ["lead-1", "lead-2", "lead-3", "longest-turn",
+                                          "first-speaker+last-turn", "first-customer+last-agent"]
+    assert EXTRACTIVE_BASELINES["lead-3"](conv) == lead_n(conv, 3)
+    assert all(isinstance(fn(conv), str) and fn(conv) for fn in EXTRACTIVE_BASELINES.values())
+    # Roles missing: the first and the last turn; a turn picked twice is used once.
+    plain = _turns_conv(("A", "other", "Hi, I lost my card."), ("B", "other", "It is blocked now."))
+    assert first_customer_last_agent(plain) == "Hi, I lost my card. It is blocked now."
+    one = _turns_conv(("Customer", "customer", "Cancel my plan."))
+    assert first_speaker_last_turn(one) == first_customer_last_agent(one) == "Cancel my plan."
+    with pytest.raises(ValueError):
+        lead_n(one, 0)
+
+
+def test_extractive_baselines_on_sample_data(sample):
+    from tasks.extractive import EXTRACTIVE_BASELINES
+    from tasks.metrics import faithfulness
+
+    for conv in sample[:20]:
+        source = " ".join(t.text for t in conv.turns)
+        for name, fn in EXTRACTIVE_BASELINES.items():
+            text = fn(conv)
+            assert text and "Agent:" not in text, name
+            assert faithfulness(text, source) in (None, 1.0), name  # copied turns are fully supported
+
+
+# ---- faithfulness and repetition ------------------------------------------------------------------
+
+SOURCE = ("Hi, I was charged twice for roaming, $1,200.00 in total. My order is ORD-1234, call me at 3 pm. "
+          "<PERSON> here. Agent: we will refund the charges to your Visa card.")
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("The customer was charged twice for roaming and the agent refunded the charge to the Visa card.", 1.0),
+    ("Customer <PERSON> asked about order ORD-1234 ($1200) at 3pm.", 1.0),
+    ("The customer reported a double charge on the Mastercard.", 1 / 3),  # double, charge, Mastercard
+    ("<EMAIL> was charged twice.", 2 / 3),  # a placeholder the source does not have
+    ("Thanks, the agent will call back.", None),  # nothing checkable
+])
+def test_faithfulness(answer, expected):
+    from tasks.metrics import faithfulness
+
+    got = faithfulness(answer, SOURCE)
+    assert got == expected if expected is None else got == pytest.approx(expected)
+
+
+def test_checkable_words_definition():
+    from tasks.metrics import checkable_words, unsupported_words
+
+    words = checkable_words("Customer said the Unlimited Plus plan costs $45. Then they left, happy.")
+    # numbers, capitalised non-initial words ("Plus" is common but a name here) and rare words;
+    # not sentence-initial "Customer"/"Then", not common words (said, left, happy).
+    assert words == ["Unlimited", "Plus", "plan", "costs", "45"]
+    assert unsupported_words("Refund sent to the Mastercard.", SOURCE) == ["Mastercard"]
+    # numbers written out in the transcript match digits in the answer
+    said = "I can put a thirty-day hold on it, starting May first, and refund twenty-nine dollars."
+    assert unsupported_words("A 30-day hold from May 1 and a $29 refund; $31 later.", said) == ["31"]
+
+
+def test_repetition_rate_and_loops():
+    from tasks.metrics import has_loop, repetition_rate, strip_json_keys, text_quality
+
+    assert repetition_rate("the customer asked for a refund") == 0.0
+    assert repetition_rate("a b") == 0.0
+    assert repetition_rate("a b c a b c") == pytest.approx(1 / 4)  # abc bca cab abc: one repeat
+    assert repetition_rate("x y z w x y z", n=2) == pytest.approx(2 / 6)
+    loop = "I will check that for you. " * 3
+    assert has_loop(loop) and has_loop("refund " * 12) and has_loop("please hold " * 6)
+    assert not has_loop("refund " * 11) and not has_loop("I will check that for you. " * 2)
+    assert not has_loop("The customer asked for a refund of the roaming charge and the agent agreed.")
+    items = ('[{"text": "Send the refund", "assignee": "agent", "due": null}, '
+             '{"text": "Email the receipt", "assignee": "agent", "due": null}, '
+             '{"text": "Call back on Monday", "assignee": "agent", "due": null}]')
+    assert not has_loop(strip_json_keys(items))
+    q = text_quality(["The customer was charged twice.", None, "Refund sent to the Mastercard."],
+                     [SOURCE] * 3, ["The customer was charged twice.", "go on " * 10, "x"])
+    assert q["faithfulness"] == pytest.approx((1.0 + 0.5) / 2)  # the failed parse is left out
+    assert q["loops"] == 1.0 and 0 < q["repetition_rate"] < 1
+    assert text_quality([None], ["x"], ["y"])["faithfulness"] == 1.0  # nothing checkable: 1.0

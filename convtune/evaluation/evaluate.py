@@ -178,7 +178,8 @@ def check_gold(conversations: Sequence[Conversation], tasks: Sequence[Any], sour
 # ---- results ------------------------------------------------------------------------
 
 # Metrics where a lower value is better (everything else: higher is better).
-LOWER_IS_BETTER = frozenset({"parse_failure_rate", "seconds_per_item", "mae", "rmse", "error_rate"})
+LOWER_IS_BETTER = frozenset({"parse_failure_rate", "seconds_per_item", "mae", "rmse", "error_rate",
+                             "repetition_rate", "loops"})
 
 
 @dataclass
@@ -225,12 +226,27 @@ class EvalResult:
 
 def score_answers(run: AnswerRun, conversations: Sequence[Conversation], tasks: Sequence[Any],
                   name: str) -> tuple[dict[str, TaskResult], list[dict[str, Any]]]:
-    """Parse every answer with its task, score each task, build the prediction records."""
+    """Parse every answer with its task, score each task, build the prediction records.
+
+    Tasks answered in words (text tasks such as summary; list tasks whose items are
+    strings or carry a ``text``, such as action_items and follow_ups) also get
+    ``faithfulness`` (their parsed answer's checkable words found in the transcript),
+    ``repetition_rate`` and ``loops`` (of the raw output, JSON keys left out); see
+    :func:`tasks.metrics.text_quality`. Their records carry ``faithfulness`` and ``loop``.
+    """
+    from tasks.metrics import faithfulness, has_loop, strip_json_keys, text_quality
+
     by_key = {(a.conversation_id, a.task): a for a in run.answers}
     results: dict[str, TaskResult] = {}
     records: list[dict[str, Any]] = []
     for task in tasks:
+        item_text = getattr(task, "item_text", None)  # list tasks (tasks.lists.ListTask)
+        is_text = getattr(task, "kind", None) == "text" and not getattr(task, "chat", False)
+        wordy = is_text or item_text is not None
         preds, golds = [], []
+        answers: list[str | None] = []
+        sources: list[str] = []
+        outputs: list[str] = []
         for conv in conversations:
             a = by_key.get((conv.id, task.name))
             if a is None or not task.has_label(conv):
@@ -239,6 +255,18 @@ def score_answers(run: AnswerRun, conversations: Sequence[Conversation], tasks: 
             gold = task.gold(conv)
             preds.append(parsed)
             golds.append(gold)
+            quality: dict[str, Any] = {}
+            if wordy:
+                answer = None
+                if parsed.ok and isinstance(parsed.value, str):
+                    answer = parsed.value
+                elif parsed.ok and isinstance(parsed.value, list) and item_text is not None:
+                    answer = "\n".join(item_text(x) for x in parsed.value)
+                answers.append(answer)
+                sources.append(" ".join(t.text for t in conv.turns))
+                outputs.append(a.text if is_text else strip_json_keys(a.text))
+                quality = {"faithfulness": None if answer is None else faithfulness(answer, sources[-1]),
+                           "loop": has_loop(outputs[-1])}
             records.append({
                 "model": name, "conversation_id": conv.id, "task": task.name, "output": a.text,
                 "parsed": parsed.value, "parse_ok": parsed.ok, "parse_error": parsed.error, "gold": gold,
@@ -246,12 +274,15 @@ def score_answers(run: AnswerRun, conversations: Sequence[Conversation], tasks: 
                 "prompt_tokens": a.prompt_tokens, "computed_prompt_tokens": a.computed_prompt_tokens,
                 "seconds": round(a.seconds, 4),
                 **({"label_scores": a.label_scores} if a.label_scores else {}),
+                **quality,
             })
         if not golds:
             continue
         metrics = {k: float(v) for k, v in task.score(preds, golds).items()}
         metrics.setdefault("n", float(len(golds)))
         metrics.setdefault("parse_failure_rate", sum(not p.ok for p in preds) / len(preds))
+        if wordy:
+            metrics.update(text_quality(answers, sources, outputs))
         results[task.name] = TaskResult(
             task=task.name,
             primary_metric=getattr(task, "primary_metric", "parse_failure_rate"),

@@ -205,6 +205,28 @@ class Generator:
         return out  # type: ignore[return-value]
 
 
+#: A greedy loop: the last ``LOOP_COPIES * p`` generated tokens are one cycle of ``p`` tokens
+#: (``LOOP_MIN_PERIOD <= p <= LOOP_MAX_PERIOD``) repeated back to back.
+LOOP_MIN_PERIOD = 4
+LOOP_MAX_PERIOD = 64
+LOOP_COPIES = 3
+
+
+def loop_period(ids: Sequence[int]) -> int:
+    """The shortest cycle length ``p`` that the tail of ``ids`` repeats :data:`LOOP_COPIES`
+    times back to back, or 0. Checks only the tail: integer comparisons, cheap per step."""
+    n = len(ids)
+    if n < LOOP_COPIES * LOOP_MIN_PERIOD:
+        return 0
+    last = ids[-1]
+    for p in range(LOOP_MIN_PERIOD, min(LOOP_MAX_PERIOD, n // LOOP_COPIES) + 1):
+        if all(ids[n - 1 - k * p] == last for k in range(1, LOOP_COPIES)):  # cheap filter first
+            tail = ids[n - p:]
+            if all(ids[n - (k + 1) * p:n - k * p] == tail for k in range(1, LOOP_COPIES)):
+                return p
+    return 0
+
+
 class Rows:
     """A batch of token sequences sharing one KV cache (see the module docstring)."""
 
@@ -330,6 +352,10 @@ class Rows:
         their budget; inactive rows return ``None``. ``guides[r]`` (a :class:`convtune.guided.Guide`)
         restricts row ``r`` to tokens that keep its answer valid for a JSON schema.
 
+        An unguided row whose last tokens repeat one cycle :data:`LOOP_COPIES` times
+        (:func:`loop_period`) has fallen into a greedy loop: it stops there (``stopped``
+        False) with the repeats trimmed, one copy of the cycle kept. Other rows are unaffected.
+
         When half the rows of the computed batch have finished, the batch shrinks to the
         running rows (a copy of their cache), so one long answer does not make every
         finished row pay for its steps; the rows are merged back at the end.
@@ -361,6 +387,9 @@ class Rows:
                 out[r].append(nxt[g])
                 if nxt[g] in self.gen.stop_ids:
                     done[r] = stopped[r] = True
+                elif guides[r] is None and (cycle := loop_period(out[r])):
+                    del out[r][len(out[r]) - (LOOP_COPIES - 1) * cycle:]  # keep one copy of the cycle
+                    done[r] = True
                 elif len(out[r]) >= max_new_tokens[r]:
                     done[r] = True
             running = [g for g, r in enumerate(group) if not done[r]]
