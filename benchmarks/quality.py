@@ -808,6 +808,8 @@ def run_label_task(d: LabelData, s: dict[str, Any], args, report: Report, embed:
         entry["served_labelled_examples"] = len(d.train) + len(d.validation)  # predictors refit on both
     if predictor in LM_PREDICTORS:
         entry["tuned_lm_on_base_sample"] = entry["served_on_base_sample"]
+    elif not args.tuned_lm:
+        entry["tuned_lm_on_base_sample"] = None  # --no-tuned-lm: not measured
     else:  # the tuned LM itself, for base vs tuned (the run serves another predictor)
         tuned = stage(stages, "tuned_lm", key_of("tuned_lm", run_key, base_rows), args,
                       "tuned LM (predictors off) on the base sample", lambda: summary_of(
@@ -1006,6 +1008,9 @@ def main(argv: list[str] | None = None, *, encoder: Any = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny samples and 2 training steps (smoke run)")
     ap.add_argument("--skip-lm", action="store_true", help="baselines only: no training, no model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tuned-lm", action=argparse.BooleanOptionalAction, default=True,
+                    help="also score the tuned LM alone on the base sample when the run serves another "
+                    "predictor (--no-tuned-lm: skip it, it costs seconds per text)")
     ap.add_argument("--device", default="cpu", help="training and evaluation device (default cpu, fp32)")
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--served-full", action="store_true",
