@@ -508,8 +508,9 @@ def summary_scores(outputs: Sequence[str | None], data: Sequence[tuple[Any, list
     out: dict[str, Any] = {"rougeL": round(sum(rouge_l_best(o, refs) for o, (_, refs) in zip(texts, data))
                                            / max(1, len(data)), 4), "n": len(data)}
     if faithful is not None:
-        out["faithfulness"] = round(sum(faithful(o, c.transcript()) for o, (c, _) in zip(texts, data))
-                                    / max(1, len(data)), 4)
+        # mean over outputs with checkable words (None: nothing to check), as score_answers does
+        found = [f for f in (faithful(o, c.transcript()) for o, (c, _) in zip(texts, data)) if f is not None]
+        out["faithfulness"] = round(sum(found) / len(found), 4) if found else 1.0
     if repetition is not None:
         out["repetition_rate"] = round(sum(repetition(o) for o in texts) / max(1, len(texts)), 4)
     if loop is not None:
