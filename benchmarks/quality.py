@@ -609,6 +609,19 @@ def train_stage(stages: Stages, flags: dict[str, Any], data_key: str, files: dic
     return res.run_dir, stages.put("train", key, stats_of(res.metrics, time.perf_counter() - t0))
 
 
+def record_training(entry: dict[str, Any], trained: tuple[Path, dict[str, Any]] | None, report: Any,
+                    key: str) -> Path | None:
+    """Keep a training stage's stats in the task's entry (saved at once); the run directory, or
+    None when there is no finished run (``--skip-lm``)."""
+    if trained is None:
+        return None
+    run_dir, stats = trained
+    entry["train"] = stats
+    say(f"  trained: {stats}")
+    report.save(key, entry)
+    return run_dir
+
+
 def run_fingerprint(run_dir: Path) -> str:
     """Changes whenever the run is trained again (results of an earlier training are not reused)."""
     try:
@@ -781,14 +794,11 @@ def run_label_task(d: LabelData, s: dict[str, Any], args, report: Report, embed:
     files = {"train.jsonl": one_turn(d.train, f"{d.dataset}-train", name)}
     if d.validation:
         files["validation.jsonl"] = one_turn(d.validation, f"{d.dataset}-val", name)
-    trained = train_stage(stages, flags, data_key, files, args,
-                          f"training on {len(d.train)} texts ({s['epochs']} epoch, lr {s['lr']})")
-    if trained is None:
+    run_dir = record_training(entry, train_stage(
+        stages, flags, data_key, files, args,
+        f"training on {len(d.train)} texts ({s['epochs']} epoch, lr {s['lr']})"), report, d.key)
+    if run_dir is None:
         return entry
-    run_dir, stats = trained
-    entry["train"] = stats
-    say(f"  trained: {stats}")
-    report.save(d.key, entry)
 
     # stage 4: what the run serves, on the base sample, then (when fast enough) the whole test set
     run_key = key_of(flags, data_key, run_fingerprint(run_dir))
@@ -918,15 +928,12 @@ def run_summary_task(d: SummaryData, s: dict[str, Any], args, report: Report) ->
     # stage 3: train on the dev dialogues, the summary task only
     flags = train_flags(d.dataset, s, args, workdir, task_file, name, False)
     files = {"train.jsonl": labelled([c for c, _ in d.train], name, [ref for _, ref in d.train])}
-    trained = train_stage(stages, flags, key_of(d.task, [(c.id, ref) for c, ref in d.train]), files, args,
-                          f"training on {len(d.train)} dialogues ({s['epochs']} epoch, lr {s['lr']}, "
-                          f"max_seq_len {s['max_seq_len']})")
-    if trained is None:
+    run_dir = record_training(entry, train_stage(
+        stages, flags, key_of(d.task, [(c.id, ref) for c, ref in d.train]), files, args,
+        f"training on {len(d.train)} dialogues ({s['epochs']} epoch, lr {s['lr']}, "
+        f"max_seq_len {s['max_seq_len']})"), report, d.key)
+    if run_dir is None:
         return entry
-    run_dir, stats = trained
-    entry["train"] = stats
-    say(f"  trained: {stats}")
-    report.save(d.key, entry)
 
     # stage 4: served, on every test dialogue
     key = key_of("served outputs", flags, run_fingerprint(run_dir), [c.id for c in test_convs])

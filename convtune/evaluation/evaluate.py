@@ -272,7 +272,8 @@ def score_answers(run: AnswerRun, conversations: Sequence[Conversation], tasks: 
                 "parsed": parsed.value, "parse_ok": parsed.ok, "parse_error": parsed.error, "gold": gold,
                 "constrained": a.constrained, "stopped": a.stopped, "new_tokens": len(a.token_ids),
                 "prompt_tokens": a.prompt_tokens, "computed_prompt_tokens": a.computed_prompt_tokens,
-                "seconds": round(a.seconds, 4),
+                "seconds": round(a.seconds, 4), "predictor": a.predictor,
+                **({"confidence": a.confidence} if a.confidence is not None else {}),
                 **({"label_scores": a.label_scores} if a.label_scores else {}),
                 **quality,
             })
