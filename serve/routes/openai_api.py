@@ -290,9 +290,9 @@ async def _sse_chat(
                 },
             }
         )
+    if keep is not None:  # finished normally: kept for feedback before the client hears [DONE], so
+        await asyncio.to_thread(keep, texts)  # feedback sent right after it finds the response
     yield "data: [DONE]\n\n"
-    if keep is not None:  # finished normally: keep it for feedback (an aborted stream is not kept)
-        await asyncio.to_thread(keep, texts)
 
 
 # ---- embeddings ---------------------------------------------------------------------------------
