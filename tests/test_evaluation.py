@@ -317,6 +317,23 @@ def test_loop_period_checks_the_tail():
     assert loop_period(list(range(200))) == 0
 
 
+def test_repeated_span_finds_a_passage_said_again_and_where_it_began():
+    from convtune.evaluation.generate import REPEAT_MIN_TOKENS as W
+    from convtune.evaluation.generate import repeated_span
+
+    def first_hit(ids):
+        seen: dict = {}
+        return next(((n, got) for n in range(1, len(ids) + 1) if (got := repeated_span(ids[:n], seen))),
+                    None)
+
+    passage = list(range(100, 100 + W + 6))
+    assert first_hit(passage + [1, 2, 3] + passage) == (len(passage) + 3 + W, W)  # its first W tokens
+    assert first_hit([7] + passage + passage) == (1 + len(passage) + W, W)
+    assert first_hit(list(range(300))) is None
+    assert first_hit([1, 2, 3] * 10) is None  # a short cycle overlaps itself until 2W: loop_period's case
+    assert first_hit(passage[:W - 1] + [0] + passage[:W - 1]) is None  # shorter than W
+
+
 class _Passthrough:
     """A guide that allows every token (stands in for a grammar guide)."""
 
@@ -359,6 +376,28 @@ def test_free_text_loops_are_stopped_and_trimmed(tiny, convs):
     assert sorted(free.token_ids) == sorted(cycle) and free.text == tok.decode(free.token_ids)
     assert len(guided.token_ids) == 40 and not guided.stopped
     assert again.token_ids == fresh.token_ids and len(fresh.token_ids) == len(cycle)
+
+
+def test_a_passage_said_twice_stops_the_row_with_one_telling_kept(tiny, convs):
+    from convtune.evaluation import Generator
+    from convtune.evaluation.generate import REPEAT_MIN_TOKENS
+
+    model, tok, renderer = tiny
+    period = REPEAT_MIN_TOKENS + 6  # too long and too few copies for loop_period yet
+    cycle = [t for t in range(200, 200 + 4 * period) if t not in Generator(model, tok).stop_ids][:period]
+
+    class Repeating(Generator):
+        def forward(self, **kwargs):
+            out = super().forward(**kwargs)
+            for r, p in enumerate(kwargs["position_ids"][:, -1].tolist()):
+                out.logits[r, -1, cycle[(p + 1) % period]] += 1e4
+            return out
+
+    prompt = renderer.prompt(convs[0], TASKS[0].instruction).input_ids
+    with torch.inference_mode():
+        rows = Repeating(model, tok).rows(1)
+        got = rows.decode(rows.prefill([prompt]), [100])[0]
+    assert len(got.token_ids) == period and sorted(got.token_ids) == sorted(cycle) and not got.stopped
 
 
 def test_close_truncated_list_keeps_only_finished_items():
@@ -552,3 +591,21 @@ def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path):
     args = parser.parse_args(["evaluate", "--run", str(tmp_path), "--data", str(EXAMPLES / "test.jsonl")])
     with pytest.raises(ConfigError, match="not a training run"):
         args.func(args)
+
+
+def test_faithfulness_counts_speaker_names_as_part_of_the_transcript():
+    """A summary that names a speaker says nothing invented: speakers are in the transcript."""
+    from convtune.conversation import Conversation
+    from convtune.evaluation.evaluate import score_answers
+    from convtune.evaluation.generate import Answer, AnswerRun, TaskTiming
+    from tasks import default_registry
+
+    conv = Conversation.model_validate({
+        "id": "c1", "labels": {"summary": "Refund asked."}, "turns": [
+            {"id": "t1", "speaker": "Priyanka", "role": "customer", "text": "I want a refund please."},
+            {"id": "t2", "speaker": "Oswaldo", "role": "agent", "text": "Sure, refund issued."}]})
+    task = default_registry().get("summary")
+    said = Answer("c1", "summary", "Priyanka asked Oswaldo for a refund.", [], True, False, 0, 0, 0.0)
+    run = AnswerRun([said], {"summary": TaskTiming("summary")}, 0.0, "chained", False, 1, 1)
+    results, records = score_answers(run, [conv], [task], "m")
+    assert results["summary"].metrics["faithfulness"] == 1.0 and records[0]["faithfulness"] == 1.0

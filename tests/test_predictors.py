@@ -163,3 +163,19 @@ def test_a_run_answers_label_tasks_with_its_recorded_predictor(tmp_path, tiny_mo
 
 def test_a_folder_without_a_selection_has_no_predictors(tmp_path):
     assert load_predictors(tmp_path) is None and load_predictors(None) is None
+
+
+def test_refit_modes_serve_from_train_plus_validation_or_from_train_alone(tmp_path):
+    from safetensors.numpy import load_file
+
+    assert PredictorsSection(refit=False).refit == "none" and PredictorsSection(refit=True).refit == "encoder"
+    train, val = toy(4), toy(2, start=500)
+    banks = {}
+    for mode in ("encoder", "heads", "none"):
+        run = tmp_path / mode
+        sel = fit_predictors(run, [need_task()], train, val, settings=_settings(refit=mode), lm_name="lm",
+                             lm_answers=None, seed=0)
+        banks[mode] = len(load_file(str(run / "predictors" / "heads.safetensors"))["need.bank_labels"])
+        assert sel["encoder"]["refit"] == mode
+        assert ("refit_on_validation" in sel["encoder"]) == (mode == "encoder")  # only it re-tunes
+    assert banks == {"encoder": len(train) + len(val), "heads": len(train) + len(val), "none": len(train)}

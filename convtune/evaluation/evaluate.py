@@ -230,7 +230,8 @@ def score_answers(run: AnswerRun, conversations: Sequence[Conversation], tasks: 
 
     Tasks answered in words (text tasks such as summary; list tasks whose items are
     strings or carry a ``text``, such as action_items and follow_ups) also get
-    ``faithfulness`` (their parsed answer's checkable words found in the transcript),
+    ``faithfulness`` (their parsed answer's checkable words found in the transcript, speaker
+    names included),
     ``repetition_rate`` and ``loops`` (of the raw output, JSON keys left out); see
     :func:`tasks.metrics.text_quality`. Their records carry ``faithfulness`` and ``loop``.
     """
@@ -263,7 +264,7 @@ def score_answers(run: AnswerRun, conversations: Sequence[Conversation], tasks: 
                 elif parsed.ok and isinstance(parsed.value, list) and item_text is not None:
                     answer = "\n".join(item_text(x) for x in parsed.value)
                 answers.append(answer)
-                sources.append(" ".join(t.text for t in conv.turns))
+                sources.append(conv.transcript())  # speakers too: a summary may name them
                 outputs.append(a.text if is_text else strip_json_keys(a.text))
                 quality = {"faithfulness": None if answer is None else faithfulness(answer, sources[-1]),
                            "loop": has_loop(outputs[-1])}

@@ -227,6 +227,27 @@ def loop_period(ids: Sequence[int]) -> int:
     return 0
 
 
+#: A repeated passage: the last ``REPEAT_MIN_TOKENS`` generated tokens already occurred, whole
+#: and not overlapping, earlier in the same answer (a summary saying a sentence again).
+REPEAT_MIN_TOKENS = 24
+
+
+def repeated_span(ids: Sequence[int], seen: dict[tuple[int, ...], int]) -> int:
+    """Length of the passage at the tail of ``ids`` that repeats an earlier one, or 0.
+
+    ``seen`` maps each window of :data:`REPEAT_MIN_TOKENS` tokens to where it first started;
+    the caller keeps one per row and calls this after every appended token (one dict lookup),
+    so the repeat is caught as soon as its first window is complete: trimming the window
+    leaves the first telling.
+    """
+    n, w = len(ids), REPEAT_MIN_TOKENS
+    if n < w:
+        return 0
+    start = n - w
+    first = seen.setdefault(tuple(ids[start:]), start)
+    return w if first + w <= start else 0  # new, or overlapping itself (a cycle: loop_period's case)
+
+
 class Rows:
     """A batch of token sequences sharing one KV cache (see the module docstring)."""
 
@@ -353,8 +374,10 @@ class Rows:
         restricts row ``r`` to tokens that keep its answer valid for a JSON schema.
 
         An unguided row whose last tokens repeat one cycle :data:`LOOP_COPIES` times
-        (:func:`loop_period`) has fallen into a greedy loop: it stops there (``stopped``
-        False) with the repeats trimmed, one copy of the cycle kept. Other rows are unaffected.
+        (:func:`loop_period`) has fallen into a greedy loop, and one that says a passage of
+        :data:`REPEAT_MIN_TOKENS`+ tokens again (:func:`repeated_span`) is going round: it stops
+        there (``stopped`` False) with the repeats trimmed, one copy kept. Other rows are
+        unaffected.
 
         When half the rows of the computed batch have finished, the batch shrinks to the
         running rows (a copy of their cache), so one long answer does not make every
@@ -373,6 +396,7 @@ class Rows:
         cache, mask = self.cache, self.mask
         parents: list[tuple[Any, Any, list[int]]] = []
         guides = list(guides) if guides is not None else [None] * self.n
+        seen: list[dict[tuple[int, ...], int]] = [{} for _ in range(self.n)]  # for repeated_span
         while True:
             self.gen.check_deadline()
             for g, r in enumerate(group):
@@ -389,6 +413,9 @@ class Rows:
                     done[r] = stopped[r] = True
                 elif guides[r] is None and (cycle := loop_period(out[r])):
                     del out[r][len(out[r]) - (LOOP_COPIES - 1) * cycle:]  # keep one copy of the cycle
+                    done[r] = True
+                elif guides[r] is None and (again := repeated_span(out[r], seen[r])):
+                    del out[r][len(out[r]) - again:]  # the first telling stays
                     done[r] = True
                 elif len(out[r]) >= max_new_tokens[r]:
                     done[r] = True

@@ -13,9 +13,10 @@ run's train / validation conversations and a callable that asks the tuned LM
    (its weight picked on validation);
 4. pick the best per field (ties: the cheaper one, in :data:`PREFERENCE` order); a
    field whose validation is too small to choose falls back to ``default`` and says so;
-5. re-tune the encoder and refit the head and the k-NN bank on train + validation (the
-   settings validation chose; ``refit: false`` keeps the validated ones) and write
-   ``RUN_DIR/predictors/``.
+5. serve from train + validation with the settings validation chose: ``refit: encoder``
+   re-tunes the encoder and refits the head and the k-NN bank on both, ``heads`` refits only
+   the head and the bank on the validated encoder, ``none`` keeps what validation scored;
+   write ``RUN_DIR/predictors/``.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
 
     # 3. serve from everything labelled: the encoder re-tuned and the heads refitted on
     #    train + validation, with the settings validation chose.
-    if settings.refit and val and encoder_info.get("tuned"):
+    if settings.refit == "encoder" and val and encoder_info.get("tuned"):
         from convtune.predictors.encoder import tune_encoder
 
         say("encoder: re-tuning on train + validation for serving")
@@ -241,13 +242,15 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
         encoder_info["refit_on_validation"] = {k: refit.get(k) for k in ("steps", "seconds")}
         encoder = Encoder(tmp / ENCODER)
         encoder_info["identity"] = encoder.identity.as_dict()
+    encoder_info["refit"] = settings.refit
     for key, (_task, f, tr_x, tr_y, va_x, va_y) in data.items():
         if key not in trainable:
             continue
         rec = fields[key]
         lid = {lab: i for i, lab in enumerate(f.labels)}
-        all_v = encoder.encode(tr_x + va_x).vectors
-        all_y = [lid[y] for y in tr_y + va_y]
+        served_x, served_y = (tr_x, tr_y) if settings.refit == "none" else (tr_x + va_x, tr_y + va_y)
+        all_v = encoder.encode(served_x).vectors
+        all_y = [lid[y] for y in served_y]
         head = H.fit_head(all_v, all_y, len(f.labels), c=rec["head"]["c"], balanced=rec["head"]["balanced"],
                           seed=seed)
         tensors[f"{key}.weight"] = head.weight

@@ -194,8 +194,15 @@ class PredictorsSection(_Group):
     default: Literal["head", "knn", "lm", "ensemble"] = Field(
         "head", description="predictor used when validation is too small to choose")
     lm_candidates: bool = Field(True, description="score the tuned LM (and the ensemble) on validation too")
-    refit: bool = Field(True, description="after choosing, re-tune the encoder and refit the heads on "
-                        "train + validation (serving uses every labelled example)")
+    refit: Literal["encoder", "heads", "none"] = Field(
+        "encoder", description="after choosing, serve from train + validation: 'encoder' re-tunes the "
+        "encoder and refits the heads on both, 'heads' refits only the heads and the k-NN bank on the "
+        "validated encoder (seconds instead of minutes), 'none' serves what validation scored")
+
+    @field_validator("refit", mode="before")
+    @classmethod
+    def _refit(cls, v: Any) -> Any:
+        return {True: "encoder", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 class OutputSection(_Group):
