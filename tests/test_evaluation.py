@@ -378,6 +378,42 @@ def test_free_text_loops_are_stopped_and_trimmed(tiny, convs):
     assert again.token_ids == fresh.token_ids and len(fresh.token_ids) == len(cycle)
 
 
+def test_retold_catches_a_sentence_said_again_with_small_changes():
+    from convtune.evaluation.generate import retold
+
+    first = "#Person1# asks #Person2# about the refund for the broken blender. "
+    assert retold(first, "#Person1# asks #Person2# about the refund for the blender.")
+    assert not retold(first, "#Person2# agrees to send it back by Friday and gets a label.")
+    assert not retold(first, "The refund.")  # too short to judge
+    assert not retold("", first)
+
+
+def test_a_retold_sentence_stops_the_row_and_is_trimmed(tiny, convs):
+    from convtune.evaluation import Generator
+
+    model, tok, renderer = tiny
+    said = tok.encode(" the customer asks about the refund for the broken blender.", add_special_tokens=False)
+    other = tok.encode(" the agent checks the order.", add_special_tokens=False)
+    again = tok.encode(" the customer asks about the refund for the blender.", add_special_tokens=False)
+    script = said + other + again + other * 5
+    gen0 = Generator(model, tok)
+    assert said[-1] in gen0.sentence_end_ids and not set(script) & set(gen0.stop_ids)
+
+    class Scripted(Generator):
+        def forward(self, **kwargs):
+            out = super().forward(**kwargs)
+            for r, p in enumerate(kwargs["position_ids"][:, -1].tolist()):
+                out.logits[r, -1, script[min(p + 1 - start, len(script) - 1)]] += 1e4
+            return out
+
+    prompt = renderer.prompt(convs[0], TASKS[0].instruction).input_ids
+    start = len(prompt)
+    with torch.inference_mode():
+        rows = Scripted(model, tok).rows(1)
+        got = rows.decode(rows.prefill([prompt]), [len(script) + 5])[0]
+    assert got.token_ids == said + other and not got.stopped
+
+
 def test_a_passage_said_twice_stops_the_row_with_one_telling_kept(tiny, convs):
     from convtune.evaluation import Generator
     from convtune.evaluation.generate import REPEAT_MIN_TOKENS

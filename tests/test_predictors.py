@@ -92,6 +92,10 @@ def test_head_is_chosen_on_validation_and_answers_new_conversations(tmp_path):
     got = preds.predict(task, new, [None] * 3)
     assert [g[0] for g in got] == ["login", "upgrade", "refund"]
     assert all(0.0 < g[1] <= 1.0 for g in got)
+    assert 0.1 <= rec["head_knn"]["weight"] <= 0.9 and "head_knn" in rec["validation"]
+    preds.fields["need"]["winner"] = "head_knn"  # the head and k-NN vote serve without the LM too
+    assert not preds.needs_lm(task)
+    assert [g[0] for g in preds.predict(task, new, [None] * 3)] == ["login", "upgrade", "refund"]
 
 
 def test_selection_picks_the_lm_when_only_it_can_know_and_records_the_table(tmp_path):
@@ -110,7 +114,7 @@ def test_selection_picks_the_lm_when_only_it_can_know_and_records_the_table(tmp_
     assert rec["winner"] == "lm"  # ties with the ensemble go to the simpler predictor
     saved = json.loads((tmp_path / "predictors" / "selection.json").read_text())
     assert saved["tasks"]["need"]["predictor"] == "lm" and set(saved["fields"]["need"]["validation"]) == \
-        {"lm", "head", "knn", "ensemble"}
+        {"lm", "head", "knn", "head_knn", "ensemble"}
 
 
 def test_a_validation_split_too_small_to_choose_falls_back_to_the_default_and_says_so(tmp_path):

@@ -33,6 +33,8 @@ every picked token keeps the answer a valid prefix of the schema's JSON.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,6 +155,13 @@ class Generator:
             self._guides = Guides(self.tokenizer, self.stop_ids, vocab)
         return self._guides
 
+    @functools.cached_property
+    def sentence_end_ids(self) -> frozenset[int]:
+        """Token ids whose text ends a sentence or a line (``.``, ``!``, ``?``, newline)."""
+        vocab = len(self.tokenizer)
+        texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+        return frozenset(i for i, t in enumerate(texts) if any(ch in t for ch in ".!?\n"))
+
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise TimeoutError("generation passed its deadline")
@@ -246,6 +255,24 @@ def repeated_span(ids: Sequence[int], seen: dict[tuple[int, ...], int]) -> int:
     start = n - w
     first = seen.setdefault(tuple(ids[start:]), start)
     return w if first + w <= start else 0  # new, or overlapping itself (a cycle: loop_period's case)
+
+
+#: A retold sentence: a finished sentence of at least ``RETELL_MIN_WORDS`` words whose word
+#: trigrams mostly (``RETELL_OVERLAP``) occur earlier in the same answer, small changes and all.
+RETELL_MIN_WORDS = 6
+RETELL_OVERLAP = 0.6
+_WORD = re.compile(r"\w+")
+
+
+def retold(earlier: str, sentence: str) -> bool:
+    """Whether ``sentence`` mostly says again what ``earlier`` (the answer so far) said."""
+    words = _WORD.findall(sentence.lower())
+    if len(words) < RETELL_MIN_WORDS:
+        return False
+    before = _WORD.findall(earlier.lower())
+    seen = {tuple(before[i:i + 3]) for i in range(len(before) - 2)}
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return sum(g in seen for g in grams) >= RETELL_OVERLAP * len(grams)
 
 
 class Rows:
@@ -375,9 +402,9 @@ class Rows:
 
         An unguided row whose last tokens repeat one cycle :data:`LOOP_COPIES` times
         (:func:`loop_period`) has fallen into a greedy loop, and one that says a passage of
-        :data:`REPEAT_MIN_TOKENS`+ tokens again (:func:`repeated_span`) is going round: it stops
-        there (``stopped`` False) with the repeats trimmed, one copy kept. Other rows are
-        unaffected.
+        :data:`REPEAT_MIN_TOKENS`+ tokens again (:func:`repeated_span`) or ends a sentence that
+        retells an earlier one (:func:`retold`) is going round: it stops there (``stopped``
+        False) with the repeats trimmed, one telling kept. Other rows are unaffected.
 
         When half the rows of the computed batch have finished, the batch shrinks to the
         running rows (a copy of their cache), so one long answer does not make every
@@ -397,6 +424,8 @@ class Rows:
         parents: list[tuple[Any, Any, list[int]]] = []
         guides = list(guides) if guides is not None else [None] * self.n
         seen: list[dict[tuple[int, ...], int]] = [{} for _ in range(self.n)]  # for repeated_span
+        sentence = [0] * self.n  # where each row's current sentence began in out[r]
+        ends = self.gen.sentence_end_ids
         while True:
             self.gen.check_deadline()
             for g, r in enumerate(group):
@@ -417,6 +446,12 @@ class Rows:
                 elif guides[r] is None and (again := repeated_span(out[r], seen[r])):
                     del out[r][len(out[r]) - again:]  # the first telling stays
                     done[r] = True
+                elif guides[r] is None and nxt[g] in ends:
+                    said, now = out[r][:sentence[r]], out[r][sentence[r]:]
+                    if retold(self.gen.decode_text(said), self.gen.decode_text(now)):
+                        del out[r][sentence[r]:]
+                        done[r] = True
+                    sentence[r] = len(out[r])
                 elif len(out[r]) >= max_new_tokens[r]:
                     done[r] = True
             running = [g for g, r in enumerate(group) if not done[r]]

@@ -9,8 +9,9 @@ run's train / validation conversations and a callable that asks the tuned LM
    validation, too few validation examples) as notes that say what to do;
 2. tune the sentence encoder contrastively on the training examples;
 3. on validation, score every candidate: ``lm`` (constrained), ``head`` (its C
-   picked on validation), ``knn`` (its k picked on validation) and ``ensemble``
-   (its weight picked on validation);
+   picked on validation), ``knn`` (its k picked on validation), ``head_knn`` (the two
+   combined, weight picked on validation) and ``ensemble`` (head and LM, its weight
+   picked on validation);
 4. pick the best per field (ties: the cheaper one, in :data:`PREFERENCE` order); a
    field whose validation is too small to choose falls back to ``default`` and says so;
 5. serve from train + validation with the settings validation chose: ``refit: encoder``
@@ -33,11 +34,18 @@ import numpy as np
 
 from convtune.conversation import Conversation
 from convtune.predictors import heads as H
-from convtune.predictors.store import ENCODER, HEADS, PREDICTORS_DIR, SELECTION, lm_field_distribution
+from convtune.predictors.store import (
+    ENCODER,
+    ENCODER_ONLY,
+    HEADS,
+    PREDICTORS_DIR,
+    SELECTION,
+    lm_field_distribution,
+)
 from tasks.base import label_fields_of
 
 #: Candidate order used to break ties: the cheapest to serve first.
-PREFERENCE = ("head", "knn", "lm", "lm_retrieval", "ensemble")
+PREFERENCE = ("head", "knn", "head_knn", "lm", "lm_retrieval", "ensemble")
 ENSEMBLE_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 LmAnswers = Callable[[Sequence[Conversation], Sequence[Any]], dict[tuple[str, str], Any]]
@@ -181,7 +189,7 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
         va_v = encoder.encode(va_x).vectors if va_x else np.zeros((0, encoder.dim), np.float32)
         y_tr = [lid[y] for y in tr_y]
         enough = len(va_y) >= settings.min_validation and len(set(va_y)) >= 2
-        c, k, weight = H.DEFAULT_C, H.DEFAULT_K, 0.5
+        c, k, weight, knn_weight = H.DEFAULT_C, H.DEFAULT_K, 0.5, 0.5
         p_head = None
         if can_head and va_y:
             best = None
@@ -196,8 +204,15 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
                 p = H.KNN(tr_v, np.array(y_tr), len(labels), k_try).proba(va_v)
                 s = field_metric(f.metric, va_y, [labels[i] for i in p.argmax(1)], labels)
                 if best is None or s > best[0] + 1e-9:
-                    best = (s, k_try)
-            scores["knn"], k = best
+                    best = (s, k_try, p)
+            scores["knn"], k, p_knn = best
+            best = None
+            for w in (ENSEMBLE_WEIGHTS if enough else (0.5,)):
+                p = H.combine(p_head, p_knn, w)
+                s = field_metric(f.metric, va_y, [labels[i] for i in p.argmax(1)], labels)
+                if best is None or s > best[0] + 1e-9:
+                    best = (s, w)
+            scores["head_knn"], knn_weight = best
         if lm_val and va_y:
             p_lm = np.stack([lm_field_distribution(task, key, labels, lm_val.get((c_.id, task.name)))
                              for c_ in val if task.has_label(c_)])
@@ -222,10 +237,11 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
             top = max(scores.values())
             rec["winner"] = next(n for n in (*PREFERENCE, lm_name) if n in scores and scores[n] >= top - 1e-9)
             rec["fallback"] = None
-        if rec["winner"] in ("head", "knn", "ensemble") and not can_head:
+        if rec["winner"] in (*ENCODER_ONLY, "ensemble") and not can_head:
             rec["winner"] = lm_name
         rec["head"] = {"c": c, "balanced": balanced}
         rec["knn"] = {"k": k}
+        rec["head_knn"] = {"weight": knn_weight}
         rec["ensemble"] = {"weight": weight}
 
     # 3. serve from everything labelled: the encoder re-tuned and the heads refitted on

@@ -29,6 +29,8 @@ SELECTION = "selection.json"
 HEADS = "heads.safetensors"
 ENCODER = "encoder"
 LM_PREDICTORS = ("lm", "lm_retrieval")
+#: Predictors that answer from the encoder alone (the LM is not asked for their fields).
+ENCODER_ONLY = ("head", "knn", "head_knn")
 #: Probability the LM's answer gets when all it gives is one answer (a structured label's part).
 LM_ONE_HOT = 0.9
 
@@ -73,7 +75,7 @@ class RunPredictors:
     def needs_lm(self, task: Any) -> bool:
         """Whether answering ``task`` needs the language model's answer."""
         fields = self.task_fields(task)
-        return not fields or any(self.winner(f.key) not in ("head", "knn") for f in fields)
+        return not fields or any(self.winner(f.key) not in ENCODER_ONLY for f in fields)
 
     def task_predictor(self, task: Any) -> str:
         """One name for what answers ``task``: the winner, or ``a+b`` when its fields differ."""
@@ -114,6 +116,9 @@ class RunPredictors:
             return self._head(key).proba(vectors)
         if win == "knn":
             return self._knn(key).proba(vectors)
+        if win == "head_knn":
+            weight = float(self.fields[key]["head_knn"]["weight"])
+            return combine(self._head(key).proba(vectors), self._knn(key).proba(vectors), weight)
         if lm is None:
             raise ValueError(f"predictor {win!r} of {key!r} needs the language model's answers")
         p_lm = np.stack(list(lm))
@@ -139,7 +144,7 @@ class RunPredictors:
             labels = list(self.fields[f.key]["labels"])
             vectors = self.encoder.encode([view_text(f.view, c) for c in conversations]).vectors
             lm = None
-            if self.winner(f.key) not in ("head", "knn"):
+            if self.winner(f.key) not in ENCODER_ONLY:
                 lm = [lm_field_distribution(task, f.key, labels, a) for a in lm_answers]
             p = self.field_proba(f.key, vectors, lm)
             best = p.argmax(axis=1)
