@@ -182,4 +182,17 @@ def test_refit_modes_serve_from_train_plus_validation_or_from_train_alone(tmp_pa
         banks[mode] = len(load_file(str(run / "predictors" / "heads.safetensors"))["need.bank_labels"])
         assert sel["encoder"]["refit"] == mode
         assert ("refit_on_validation" in sel["encoder"]) == (mode == "encoder")  # only it re-tunes
-    assert banks == {"encoder": len(train) + len(val), "heads": len(train) + len(val), "none": len(train)}
+        assert sel["fields"]["need"]["label_name_examples"] == 3  # 'refund', 'login', 'upgrade'
+    names = 3
+    assert banks == {"encoder": len(train) + len(val) + names, "heads": len(train) + len(val) + names,
+                     "none": len(train) + names}
+
+
+def test_label_names_are_examples_and_can_be_turned_off(tmp_path):
+    from convtune.predictors.fit import label_text
+
+    assert label_text("pin_reset_request") == "pin reset request" and label_text("card-lost") == "card lost"
+    sel = fit_predictors(tmp_path, [need_task()], toy(4), toy(2, start=500),
+                         settings=_settings(tune_encoder=False, label_names=False), lm_name="lm",
+                         lm_answers=None, seed=0)
+    assert "label_name_examples" not in sel["fields"]["need"]

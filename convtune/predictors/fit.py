@@ -6,7 +6,8 @@ run's train / validation conversations and a callable that asks the tuned LM
 
 1. collect each label field's (view text, label) examples; report what cannot be
    learnt or validated (a label with one example, a label seen only in
-   validation, too few validation examples) as notes that say what to do;
+   validation, too few validation examples) as notes that say what to do; with
+   ``label_names`` each trained label's name is one more training example of it;
 2. tune the sentence encoder contrastively on the training examples;
 3. on validation, score every candidate: ``lm`` (constrained), ``head`` (its C
    picked on validation), ``knn`` (its k picked on validation), ``head_knn`` (the two
@@ -70,6 +71,11 @@ def encoder_epochs(pairs_per_epoch: int, requested: int | None) -> int:
     if requested:
         return requested
     return max(1, min(2, round(PAIRS_BUDGET / max(1, pairs_per_epoch))))
+
+
+def label_text(label: str) -> str:
+    """A label's name as text: ``pin_reset_request`` -> ``pin reset request``."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split())
 
 
 def _examples(convs: Sequence[Conversation], task: Any, field: Any) -> tuple[list[str], list[str]]:
@@ -143,6 +149,11 @@ def fit_predictors(run_dir: Path, tasks: Sequence[Any], train: Sequence[Conversa
     if not label_tasks:
         return None
     fields, data, notes = plan_fields(label_tasks, train, val, settings)
+    if settings.label_names:
+        for key, (task, f, tr_x, tr_y, va_x, va_y) in data.items():
+            names = [(label_text(lab), lab) for lab in sorted(set(tr_y), key=list(f.labels).index)]
+            data[key] = (task, f, tr_x + [t for t, _ in names], tr_y + [y for _, y in names], va_x, va_y)
+            fields[key]["label_name_examples"] = len(names)
 
     # 1. the encoder: tuned contrastively on the training examples, or the base one.
     base_name, base_dir = resolve_encoder(settings.encoder)

@@ -189,6 +189,9 @@ class PredictorsSection(_Group):
     encoder_epochs: int | None = Field(None, ge=1, le=50,
                                        description="contrastive epochs (default: from the data size, 1-4)")
     encoder_lr: float = Field(5e-5, gt=0, lt=1)
+    label_names: bool = Field(True, description="each trained label's name, underscores as spaces "
+                              "(pin_reset_request: 'pin reset request'), is one more example of it for "
+                              "the encoder and heads; turn off for opaque label codes")
     min_validation: int = Field(10, ge=1, description="labelled validation examples a field needs to choose "
                                 "between predictors; fewer: the default is used and the run says so")
     default: Literal["head", "knn", "lm", "ensemble"] = Field(
