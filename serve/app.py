@@ -33,7 +33,7 @@ from serve.settings import ServerSettings, load_settings
 
 log = logging.getLogger("convtune.serve")
 
-PUBLIC = {"/live"}  # everything else needs an API key
+PUBLIC = {"/live", "/ready"}  # probes; everything else needs an API key
 
 
 @dataclass

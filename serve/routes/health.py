@@ -1,4 +1,5 @@
-"""``/live`` (process up, no key), ``/ready`` (model loaded, not draining), ``/metrics`` (Prometheus)."""
+"""``/live`` (process up) and ``/ready`` (model loaded, not draining): no key, they say nothing else,
+so orchestrators' probes (which send no header) can use them; ``/metrics`` (Prometheus, keyed)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,7 @@ async def ready(request: Request) -> JSONResponse:
     ctx = ctx_of(request)
     if not ctx.ready:
         return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": "2"})
-    body = {"status": "ready", "model": ctx.host.base_name if ctx.host else None}
-    if ctx.engine is not None:
-        body.update(inflight=ctx.engine.inflight, queued=ctx.engine.queued)
-    return JSONResponse(body)
+    return JSONResponse({"status": "ready"})  # load figures are on /metrics, behind a key
 
 
 @router.get("/metrics")
