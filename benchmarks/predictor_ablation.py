@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import random
 import sys
 import time
@@ -63,6 +64,13 @@ def splits(folder: Path, n_train: int, n_val: int, seed: int = 0):
         train += [(t, label) for t in texts[:n_train]]
         val += [(t, label) for t in texts[n_train:n_train + n_val]]
     return train, val, read(folder / "test.csv"), sorted(by)
+
+
+def scored(where: dict[str, str], kind: str, setting: str, proba: Any, va: np.ndarray, y_val: np.ndarray,
+           te: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    return {**where, "predictor": kind, "setting": setting,
+            "validation": round(float((proba(va).argmax(1) == y_val).mean()), 4),
+            "test": round(float((proba(te).argmax(1) == y_test).mean()), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,19 +115,18 @@ def main(argv: list[str] | None = None) -> int:
                 for name, e in (("tuned", tuned), ("base", base))}
         sets["concat"] = [np.hstack([a, b]) / np.sqrt(2) for a, b in zip(sets["tuned"], sets["base"])]
         for features, (tr, va, te) in sets.items():
-            def score(kind: str, setting: str, proba) -> None:
-                rows.append({"encoder": variant, "features": features, "predictor": kind, "setting": setting,
-                             "validation": round(float((proba(va).argmax(1) == y_val).mean()), 4),
-                             "test": round(float((proba(te).argmax(1) == y_test).mean()), 4)})
-
+            where = {"encoder": variant, "features": features}
             for c in (1.0, 10.0, 100.0):
-                score("head", f"C={c:g}", H.fit_head(tr, ys, len(labels), c=c).proba)
+                rows.append(scored(where, "head", f"C={c:g}", H.fit_head(tr, ys, len(labels), c=c).proba,
+                                   va, y_val, te, y_test))
             for k in (1, 5, 10):
-                score("knn", f"k={k}", H.KNN(tr, np.array(ys), len(labels), k).proba)
+                rows.append(scored(where, "knn", f"k={k}", H.KNN(tr, np.array(ys), len(labels), k).proba,
+                                   va, y_val, te, y_test))
             head, knn = H.fit_head(tr, ys, len(labels), c=10.0), H.KNN(tr, np.array(ys), len(labels), 5)
             for w in (0.3, 0.5, 0.7):
-                score("head_knn", f"C=10,k=5,w={w}",
-                      lambda x, w=w: H.combine(head.proba(x), knn.proba(x), w))
+                vote = functools.partial(lambda x, w, h, n: H.combine(h.proba(x), n.proba(x), w),
+                                         w=w, h=head, n=knn)
+                rows.append(scored(where, "head_knn", f"C=10,k=5,w={w}", vote, va, y_val, te, y_test))
     print(f"\n{'encoder':7} {'features':8} {'predictor':9} {'setting':16} {'val':>6} {'test':>6}")
     for r in rows:
         print(f"{r['encoder']:7} {r['features']:8} {r['predictor']:9} {r['setting']:16} "

@@ -99,6 +99,16 @@ class Conversation(BaseModel):
     metadata: Metadata = Field(default_factory=Metadata)
     labels: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        """Refuse text a tokenizer or database cannot take (lone surrogates, NUL ...: convtune.text)."""
+        from convtune.text import first_text_problem
+
+        if isinstance(data, dict) and (found := first_text_problem(data)):
+            raise ValueError(f"{found[0]}: {found[1]}")
+        return data
+
     @model_validator(mode="after")
     def _unique_turn_ids(self) -> Conversation:
         seen: set[str] = set()

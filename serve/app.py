@@ -177,6 +177,10 @@ class _BodyLimit:
             if not message.get("more_body", False):
                 break
 
+        refused = _hostile_text(scope, b"".join(m.get("body", b"") for m in messages))
+        if refused is not None:
+            return await JSONResponse(refused.body(), status_code=400)(scope, receive, send)
+
         async def replay() -> dict:
             return messages.pop(0) if messages else await receive()
 
@@ -204,6 +208,31 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
+def _hostile_text(scope: dict, body: bytes) -> APIError | None:
+    """A 400 naming the field when the query string or a JSON body holds text a tokenizer or
+    database cannot take (:mod:`convtune.text`); None otherwise (bad JSON is the route's to report)."""
+    import json
+    from urllib.parse import parse_qsl
+
+    from convtune.text import first_text_problem, text_problem
+
+    found = None
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("utf-8", "replace")):
+        if problem := text_problem(key) or text_problem(value):
+            found = (key, problem)
+            break
+    content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip()
+    if found is None and body and content_type in (b"application/json", b""):
+        try:
+            found = first_text_problem(json.loads(body))
+        except (ValueError, RecursionError):
+            return None
+    if found is None:
+        return None
+    param, problem = found
+    return APIError(400, f"{param}: {problem}; send plain text without it", param=param, code="invalid_text")
+
+
 class _Gate(BaseHTTPMiddleware):
     """Request id, API-key check (the tenant lands on ``request.state``), metrics."""
 
@@ -222,6 +251,9 @@ class _Gate(BaseHTTPMiddleware):
             response = await call_next(request)
         except APIError as err:
             response = error_response(err, request)
+        except Exception as exc:  # answered here, not re-raised: the client's connection stays usable
+            log.exception("request %s failed", rid, exc_info=exc)
+            response = error_response(from_exception(exc), request)
         response.headers["x-request-id"] = rid
         if ctx is not None:
             tenant = request.state.tenant or "-"
