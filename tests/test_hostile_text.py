@@ -168,3 +168,33 @@ def test_every_operation_answers_hostile_text_without_a_5xx_on_one_connection(li
                                     content_type="application/json")
     assert status == 400 and answer["error"]["param"] == "messages.0.content"
     assert answer["error"]["code"] == "invalid_text" and "U+D800" in answer["error"]["message"]
+
+
+def test_tokenizing_a_prompt_does_not_block_the_event_loop(live, monkeypatch):
+    """While a chat request's prompt is being tokenized, other requests are still answered."""
+    renderer = live.ctx.host.renderer
+    started, release = threading.Event(), threading.Event()
+    slow_encode = renderer.encode_chat
+
+    def encode_chat(*args, **kwargs):
+        started.set()
+        assert release.wait(20), "the probe below never got through"
+        return slow_encode(*args, **kwargs)
+
+    monkeypatch.setattr(renderer, "encode_chat", encode_chat)
+    chat = {"model": "tiny-base", "max_tokens": 2, "messages": [{"role": "user", "content": "hello " * 2000}]}
+    got: dict = {}
+
+    def send() -> None:
+        got["chat"] = Connection(live.url, live.acme).request(
+            "post", "/v1/chat/completions", body=json.dumps(chat).encode(), content_type="application/json")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert started.wait(20)
+    probe = Connection(live.url, live.acme)
+    probe.conn.timeout = 10
+    assert probe.request("get", "/v1/models")[0] == 200  # answered while the prompt is still "tokenizing"
+    release.set()
+    sender.join(60)
+    assert got["chat"][0] == 200, got["chat"]

@@ -50,13 +50,16 @@ async def _generate_prompt(request: Request, body: NebulaGenerateRequest) -> tup
     tok = host.tokenizer
     if isinstance(body.prompt, str):
         context = await retrieve(request, body.retrieval, body.prompt)
-        ids = host.renderer.encode_chat([{"role": "user", "content": body.prompt}], context).input_ids
-        stats = {"instruction_tokens": _n_tokens(tok, body.prompt), "conversation_tokens": 0}
+        ids = (await asyncio.to_thread(host.renderer.encode_chat, [{"role": "user", "content": body.prompt}],
+                                       context)).input_ids  # tokenizing: off the event loop
+        stats = {"instruction_tokens": await asyncio.to_thread(_n_tokens, tok, body.prompt),
+                 "conversation_tokens": 0}
         return ref, ids, stats
     instruction = body.prompt.instruction
     if body.prompt.conversation is None:
         context = await retrieve(request, body.retrieval, instruction)
-        ids = host.renderer.encode_chat([{"role": "user", "content": instruction}], context).input_ids
+        ids = (await asyncio.to_thread(host.renderer.encode_chat, [{"role": "user", "content": instruction}],
+                                       context)).input_ids
         return ref, ids, {"instruction_tokens": _n_tokens(tok, instruction), "conversation_tokens": 0}
     from convtune.ingest.transcript import conversation_from_text
 
@@ -68,12 +71,10 @@ async def _generate_prompt(request: Request, body: NebulaGenerateRequest) -> tup
             400, exc.report(), param="prompt.conversation.text", code="invalid_conversation"
         ) from None
     context = await retrieve(request, body.retrieval, instruction)
-    ids = host.renderer_for(ref).prompt(conv, instruction, context=context).input_ids
-    return (
-        ref,
-        ids,
-        {"instruction_tokens": _n_tokens(tok, instruction), "conversation_tokens": _n_tokens(tok, text)},
-    )
+    renderer = host.renderer_for(ref)
+    ids = (await asyncio.to_thread(renderer.prompt, conv, instruction, context=context)).input_ids
+    counts = await asyncio.to_thread(lambda: (_n_tokens(tok, instruction), _n_tokens(tok, text)))
+    return ref, ids, {"instruction_tokens": counts[0], "conversation_tokens": counts[1]}
 
 
 def _stats(base: dict, prompt_tokens: int, output_tokens: int) -> dict[str, int]:
@@ -136,7 +137,7 @@ async def _chat_prompt(request: Request, body: NebulaChatRequest) -> tuple[Any, 
     msgs = _chat_messages(body)
     context = await retrieve(request, body.retrieval, msgs[-1]["content"])
     try:
-        ids = ctx.host.renderer.encode_chat(msgs, context).input_ids
+        ids = (await asyncio.to_thread(ctx.host.renderer.encode_chat, msgs, context)).input_ids
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from None
     return ref, ids, {}

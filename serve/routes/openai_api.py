@@ -110,7 +110,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     query = last_user_message(messages)
     context = await retrieve(request, body.retrieval, query)
     try:
-        prompt = host.renderer.encode_chat(messages, context, json_schema=schema).input_ids
+        # tokenizing a long prompt takes a while: off the event loop, which serves every request
+        encoded = await asyncio.to_thread(host.renderer.encode_chat, messages, context, json_schema=schema)
+        prompt = encoded.input_ids
     except ValueError as exc:
         raise invalid("messages", str(exc)) from None
     check_context(ctx, prompt, sampling, host.context_window)
