@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_index_parser(sub)
 
-    model = sub.add_parser("model", help="prepare and inspect base models")
+    model = sub.add_parser("base-model", help="prepare base models (tenants' tuned models: convtune models)")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     p = msub.add_parser("prepare", help="resolve a model (converting the packaged GGUF once) and load it")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL)

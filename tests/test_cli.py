@@ -64,7 +64,7 @@ def test_corrupted_file_reports_every_problem_and_writes_nothing(tmp_path, capsy
         ["data", "import", "no/such/file.jsonl"],
         ["data", "validate", str(FORMATS_DIR / "calls.turns.csv"), "--mapping", "bogus=x"],
         ["analytics", str(EXAMPLES / "test.jsonl"), "--id", "no-such-id"],
-        ["model", "prepare", "not-a-model"],
+        ["base-model", "prepare", "not-a-model"],
     ],
 )
 def test_user_mistakes_are_one_line(capsys, argv):
@@ -75,7 +75,7 @@ def test_user_mistakes_are_one_line(capsys, argv):
 
 @pytest.mark.parametrize(
     "argv", [[], ["data"], ["data", "import"], ["data", "validate"], ["data", "stats"],
-             ["data", "pii-report"], ["analytics"], ["model", "prepare"], ["train"], ["evaluate"]]
+             ["data", "pii-report"], ["analytics"], ["base-model", "prepare"], ["train"], ["evaluate"]]
 )
 def test_help_on_every_command(capsys, argv):
     with pytest.raises(SystemExit) as exc:
