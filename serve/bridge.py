@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import Request
 
 from convtune.renderer import ContextChunk
-from serve.app import ServerContext
+from serve.context import ServerContext
 from serve.engine import Event, GenRequest, Sampling
 from serve.errors import APIError, invalid, not_found
 from serve.models import ModelRef

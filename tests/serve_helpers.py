@@ -61,7 +61,8 @@ class Server:
 
 def make_server(tiny_model_dir: Path, home: Path, runs: dict[str, Path], **settings: Any) -> Server:
     from convtune.models import load_model
-    from serve.app import build_context, create_app
+    from serve.app import create_app
+    from serve.context import build_context
     from serve.settings import load_settings
 
     s = load_settings(

@@ -96,3 +96,12 @@ def test_every_package_is_listed_in_pyproject():
         for p in (ROOT / pkg).rglob("__init__.py")
     }
     assert on_disk == listed
+
+
+def test_nothing_in_the_server_imports_the_app_factory():
+    """serve.app assembles routes and middlewares; shared state lives in serve.context, so no
+    route or helper needs the app (an import cycle hidden inside a function, before)."""
+    mods = project_modules()
+    importers = [m for m, path in mods.items() if m not in ("serve.app", "serve.cli")
+                 and "serve.app" in imported_project_modules(path, m)]
+    assert not importers, importers
