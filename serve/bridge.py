@@ -37,57 +37,6 @@ def tenant_of(request: Request) -> str:
 # ---- limits, checked before tokenising ---------------------------------------------------------
 
 
-def check_sampling(
-    ctx: ServerContext,
-    *,
-    max_tokens: int | None,
-    max_tokens_param: str,
-    stop: Sequence[str],
-    stop_param: str,
-    n: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    top_k: int = 0,
-    repetition_penalty: float = 1.0,
-    schema: dict[str, Any] | None = None,
-    schema_param: str = "response_format",
-    grounded: bool = False,
-) -> Sampling:
-    """The request's decoding settings, limits checked (400 naming the field). ``grounded``:
-    the prompt carries retrieved documents, so markdown links are stripped from the answer."""
-    s = ctx.settings
-    if max_tokens is not None and max_tokens > s.max_tokens_limit:
-        raise invalid(max_tokens_param, f"{max_tokens_param} must be <= {s.max_tokens_limit}")
-    if n > s.max_n:
-        raise invalid("n", f"n must be <= {s.max_n}")
-    if len(stop) > s.max_stop:
-        raise invalid(stop_param, f"at most {s.max_stop} stop sequences")
-    for item in stop:
-        if not item:
-            raise invalid(stop_param, "stop sequences must not be empty")
-        if len(item) > s.max_stop_chars:
-            raise invalid(stop_param, f"stop sequences must be at most {s.max_stop_chars} characters")
-    if schema is not None:
-        from convtune.guided import SchemaError, check_schema
-
-        try:
-            check_schema(schema)
-        except SchemaError as exc:
-            raise invalid(schema_param, f"{schema_param}: unsupported JSON schema: {exc}") from None
-    return Sampling(
-        max_tokens=max_tokens or s.default_max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        stop=tuple(stop),
-        top_k=top_k,
-        repetition_penalty=repetition_penalty,
-        schema=schema,
-        strip_links=grounded,
-    )
-
-
 def check_context(ctx: ServerContext, prompt_ids: Sequence[int], sampling: Sampling, window: int) -> None:
     if len(prompt_ids) + sampling.max_tokens > window:
         raise APIError(

@@ -1,8 +1,9 @@
 """Request models of every route, with their constraints declared (pydantic ``Field``).
 
-Limits that depend on the server's settings (``max_tokens`` ceiling, ``n``,
-stop count, batch sizes) are checked in :func:`serve.bridge.check_sampling` before anything
-is tokenised. Unknown fields are ignored (clients send optional extras such as
+Each generating request builds its own decoding settings, ``request.to_sampling(settings)``,
+which also checks the limits that depend on the server's settings (``max_tokens`` ceiling,
+``n``, stop count and length, JSON schema support) before anything is tokenised, naming
+the request's own field in the 400. Unknown fields are ignored (clients send optional extras such as
 ``user`` or ``store``); features convtune does not have are refused with 400
 and the field named, never silently dropped.
 """
@@ -14,10 +15,40 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from convtune.tenancy import BEST_OF_N
+from serve.engine import Sampling
+from serve.errors import invalid
+from serve.settings import ServerSettings
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def _sampling(limits: ServerSettings, *, max_tokens: int | None, max_tokens_param: str, stop: list[str],
+              stop_param: str, n: int = 1, schema: dict[str, Any] | None = None,
+              schema_param: str = "response_format", **decoding: Any) -> Sampling:
+    """Decoding settings with the server's limits checked (400 naming the request's field).
+    ``decoding``: temperature, top_p, top_k, seed, repetition_penalty, strip_links."""
+    if max_tokens is not None and max_tokens > limits.max_tokens_limit:
+        raise invalid(max_tokens_param, f"{max_tokens_param} must be <= {limits.max_tokens_limit}")
+    if n > limits.max_n:
+        raise invalid("n", f"n must be <= {limits.max_n}")
+    if len(stop) > limits.max_stop:
+        raise invalid(stop_param, f"at most {limits.max_stop} stop sequences")
+    for item in stop:
+        if not item:
+            raise invalid(stop_param, "stop sequences must not be empty")
+        if len(item) > limits.max_stop_chars:
+            raise invalid(stop_param, f"stop sequences must be at most {limits.max_stop_chars} characters")
+    if schema is not None:
+        from convtune.guided import SchemaError, check_schema
+
+        try:
+            check_schema(schema)
+        except SchemaError as exc:
+            raise invalid(schema_param, f"{schema_param}: unsupported JSON schema: {exc}") from None
+    return Sampling(max_tokens=max_tokens or limits.default_max_tokens, stop=tuple(stop), schema=schema,
+                    **decoding)
 
 
 class RetrievalSpec(BaseModel):
@@ -107,6 +138,22 @@ class ChatCompletionRequest(_Request):
     tools: list[Any] | None = None
     logprobs: bool | None = None
 
+    def to_sampling(self, limits: ServerSettings) -> Sampling:
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
+            raise invalid("response_format.json_schema",
+                          "response_format.json_schema is required with type json_schema")
+        json_schema = fmt is not None and fmt.type == "json_schema"
+        return _sampling(
+            limits, max_tokens=self.max_completion_tokens or self.max_tokens,
+            max_tokens_param=("max_completion_tokens" if self.max_completion_tokens is not None
+                              else "max_tokens"),
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []), stop_param="stop",
+            n=self.n, schema=fmt.decoding_schema() if fmt is not None else None,
+            schema_param="response_format.json_schema" if json_schema else "response_format",
+            temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+            strip_links=self.retrieval is not None)  # grounded answers: markdown links stripped
+
 
 class EmbeddingRequest(_Request):
     model: str = Field(min_length=1, max_length=200)
@@ -140,6 +187,12 @@ class _NebulaSampling(_Request):
     top_k: int = Field(1, ge=1)
     repetition_penalty: float = Field(1.0, gt=0.0)
     retrieval: RetrievalSpec | None = None
+
+    def to_sampling(self, limits: ServerSettings) -> Sampling:
+        return _sampling(limits, max_tokens=self.max_new_tokens, max_tokens_param="max_new_tokens",
+                         stop=list(self.stop_sequences), stop_param="stop_sequences",
+                         temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                         repetition_penalty=self.repetition_penalty, strip_links=self.retrieval is not None)
 
 
 class NebulaGenerateRequest(_NebulaSampling):

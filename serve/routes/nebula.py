@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from convtune.errors import DataValidationError
-from serve.bridge import check_context, check_sampling, complete, ctx_of, resolve_model, retrieve, stream
+from serve.bridge import check_context, complete, ctx_of, resolve_model, retrieve, stream
 from serve.errors import APIError, from_exception
 from serve.protocol import NebulaChatRequest, NebulaEmbedRequest, NebulaGenerateRequest
 from serve.routes.openai_api import EMBEDDING_MODEL, _embed
@@ -26,21 +26,6 @@ router = APIRouter(tags=["nebula"])
 
 def _n_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-
-
-def _sampling(request: Request, body: NebulaGenerateRequest | NebulaChatRequest):
-    return check_sampling(
-        ctx_of(request),
-        max_tokens=body.max_new_tokens,
-        max_tokens_param="max_new_tokens",
-        stop=body.stop_sequences,
-        stop_param="stop_sequences",
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-        grounded=body.retrieval is not None,
-    )
 
 
 async def _generate_prompt(request: Request, body: NebulaGenerateRequest) -> tuple[Any, list[int], dict]:
@@ -88,7 +73,7 @@ def _stats(base: dict, prompt_tokens: int, output_tokens: int) -> dict[str, int]
 
 async def _prepared(request: Request, body: Any, build: Any) -> tuple[Any, Any, list[int], dict]:
     """Limits first, then the prompt (``build``), then the context-window check."""
-    sampling = _sampling(request, body)
+    sampling = body.to_sampling(ctx_of(request).settings)
     ref, ids, stats = await build(request, body)
     check_context(ctx_of(request), ids, sampling, ctx_of(request).host.context_window)
     return sampling, ref, ids, stats

@@ -18,7 +18,6 @@ from embeddings.grounding import last_user_message
 from serve.bridge import (
     Completion,
     check_context,
-    check_sampling,
     complete,
     ctx_of,
     keep_generation,
@@ -80,30 +79,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise invalid("messages", f"at most {ctx.settings.max_messages} messages")
     if not any(m.role == "user" for m in body.messages):
         raise invalid("messages", "messages must include a user message")
-    fmt = body.response_format
-    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
-        raise invalid(
-            "response_format.json_schema", "response_format.json_schema is required with type json_schema"
-        )
-    schema = fmt.decoding_schema() if fmt is not None else None
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    sampling = check_sampling(
-        ctx,
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        max_tokens_param=param,
-        stop=stop,
-        stop_param="stop",
-        n=body.n,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        schema=schema,
-        schema_param="response_format.json_schema"
-        if fmt is not None and fmt.type == "json_schema"
-        else "response_format",
-        grounded=body.retrieval is not None,
-    )
+    sampling = body.to_sampling(ctx.settings)
     ref = resolve_model(request, body.model)
     host = ctx.host
     messages = _chat_messages(body)
@@ -111,7 +87,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     context = await retrieve(request, body.retrieval, query)
     try:
         # tokenizing a long prompt takes a while: off the event loop, which serves every request
-        encoded = await asyncio.to_thread(host.renderer.encode_chat, messages, context, json_schema=schema)
+        encoded = await asyncio.to_thread(host.renderer.encode_chat, messages, context,
+                                          json_schema=sampling.schema)
         prompt = encoded.input_ids
     except ValueError as exc:
         raise invalid("messages", str(exc)) from None
