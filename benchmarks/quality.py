@@ -709,17 +709,23 @@ class Report:
     def __init__(self, args):
         self.args = args
         self.tasks: dict[str, Any] = {}
+        self.notes: list[str] = []
         try:
             old = json.loads(args.out.read_text())
             self.tasks = dict(old.get("tasks") or {})
+            self.notes = list(old.get("notes") or [])
         except (OSError, ValueError, AttributeError):
             pass
         self.wrote = False
 
     def save(self, key: str, entry: dict[str, Any]) -> None:
+        # how this entry was measured, so entries from different runs in one file stay explained
+        entry["command"] = " ".join(["python benchmarks/quality.py", *sys.argv[1:]])
+        entry["measured"] = time.strftime("%Y-%m-%d")
         self.tasks[key] = entry
         payload = {"benchmark": "quality", "model": self.args.model, "quick": self.args.quick,
-                   "machine": machine(self.args.threads), "tasks": self.tasks}
+                   "machine": machine(self.args.threads), "tasks": self.tasks,
+                   **({"notes": self.notes} if self.notes else {})}
         write_result(self.args.out, payload)
         self.wrote = True
 

@@ -87,7 +87,7 @@ class GenRequest:
     done: bool = False
     guide: Any = None  # convtune.guided.Guide while decoding a JSON-mode request
     links: Any = None  # serve.links.LinkStripper when sampling.strip_links
-    released: bool = False  # its admission slot was given back (when it finished)
+    detok: Any = None  # convtune.inference.Detokenizer of ``out``, made on the first token
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -190,15 +190,18 @@ class Engine:
         with self._cv:
             self._inflight -= n
 
-    def _release_requests(self, requests: list[GenRequest]) -> None:
-        """Give back the admission slots of ``requests`` not given back yet. Called as requests finish
-        inside a running batch (under continuous batching a batch can run as long as requests keep
-        joining it) and, for the rest, when the batch ends."""
-        fresh = [r for r in requests if not r.released]
-        for r in fresh:
-            r.released = True
-        if fresh:
-            self._release(len(fresh))
+    def _close(self, r: GenRequest, event: Event | None = None) -> None:
+        """The one place a request ends, on every path (finished, failed, cancelled, past its
+        deadline): marked done, its last event sent, its admission slot given back at once (under
+        continuous batching a batch can run as long as requests keep joining it)."""
+        if r.done:
+            return
+        r.done = True
+        try:
+            if event is not None:
+                r.emit(event)
+        finally:
+            self._release()
 
     # ---- the loop (engine thread) ---------------------------------------------------------------
 
@@ -237,7 +240,11 @@ class Engine:
                                 code="internal_error",
                             ),
                         )
-            self._release_requests(batch + joined)
+            for r in batch + joined:  # nothing should be left; if something is, it ends here too
+                if not r.done:
+                    log.error("request left unfinished by its batch")
+                    self._fail(r, APIError(500, "generation ended without an answer", type="server_error",
+                                           code="internal_error"))
 
     def _run_job(self, job: _Job) -> None:
         try:
@@ -250,6 +257,7 @@ class Engine:
 
     def _finish_if_stale(self, r: GenRequest) -> bool:
         if r.cancelled.is_set():
+            self._close(r)
             return True
         if time.monotonic() > r.deadline:
             self._fail(r, _timeout())
@@ -257,9 +265,7 @@ class Engine:
         return False
 
     def _fail(self, r: GenRequest, err: APIError) -> None:
-        if not r.done:
-            r.done = True
-            r.emit(Event("error", error=err))
+        self._close(r, Event("error", error=err))
 
     # ---- batched decoding -------------------------------------------------------------------------
 
@@ -369,8 +375,7 @@ class Engine:
                 running = [g for g, i in enumerate(group) if not batch[i].done]
                 if not running:
                     break
-                if len(running) < len(group):  # finished rows leave the batch (and free their slots)
-                    self._release_requests([batch[i] for i in group if batch[i].done])
+                if len(running) < len(group):  # finished rows leave the batch (their slots are free)
                     idx = torch.tensor(running, dtype=torch.long, device=gen.device)
                     from transformers import DynamicCache
 
@@ -427,15 +432,20 @@ class Engine:
         if r.done:
             return
         if r.cancelled.is_set():
-            r.done = True
+            self._close(r)
             return
         if time.monotonic() > r.deadline:
             self._fail(r, _timeout())
             return
         stopped = token in stop_ids
+        if r.detok is None:
+            from convtune.inference import Detokenizer
+
+            r.detok = Detokenizer(tokenizer)
         if not stopped:
             r.out.append(token)
-        text = tokenizer.decode(r.out, skip_special_tokens=True)
+            r.detok.push(token)  # the new text from a short window: no re-decoding of the whole output
+        text = r.detok.text
         finish = "stop" if stopped else None
         cut = _find_stop(text, r.sampling.stop, max(0, r.sent - _longest(r.sampling.stop)))
         if cut is not None:
@@ -451,12 +461,12 @@ class Engine:
                 self._emit_text(r, text[r.sent : safe])
                 r.sent = safe
             return
+        if cut is None:
+            text += r.detok.flush()  # an unfinished character at the very end, as a full decode shows it
         self._emit_text(r, text[r.sent :], final=True)
         r.sent = len(text)
-        r.done = True
-        r.emit(
-            Event("done", finish_reason=finish, prompt_tokens=len(r.prompt_ids), completion_tokens=len(r.out))
-        )
+        self._close(r, Event("done", finish_reason=finish, prompt_tokens=len(r.prompt_ids),
+                             completion_tokens=len(r.out)))
 
 
     @staticmethod

@@ -208,9 +208,12 @@ class ModelHost:
         yield self.model
 
     def renderer_for(self, ref: ModelRef) -> Renderer:
+        """The renderer ``ref``'s prompts are built with. Safe from any thread: one lookup (an
+        adapter evicted by the engine meanwhile is read from its run directory instead)."""
         if ref.adapter_key is None:
             return self.renderer
-        return self.loaded[ref.adapter_key].renderer if ref.adapter_key in self.loaded else self._peek(ref)
+        loaded = self.loaded.get(ref.adapter_key)
+        return loaded.renderer if loaded is not None else self._peek(ref)
 
     def _peek(self, ref: ModelRef) -> Renderer:
         """A not-yet-loaded adapter's renderer, read from its run directory."""

@@ -511,6 +511,52 @@ def test_requests_join_a_running_batch_with_solo_outputs(server):
     assert engine.inflight == 0
 
 
+def test_joiners_that_fail_free_their_slots_while_the_batch_runs_on(server):
+    """Under continuous batching a batch may never end, so a request that fails before decoding
+    (deadline already past, a schema its guide cannot compile, cancelled while queued) must give
+    its admission slot back at once, not when the batch ends."""
+    import time
+
+    from serve.engine import GenRequest, Sampling
+
+    host, engine = server.ctx.host, server.ctx.engine
+    prompt = host.renderer.encode_chat([{"role": "user", "content": "Tell me about my bill."}]).input_ids
+    ref = host.resolve("acme", "tiny-base")
+    long = GenRequest(prompt, ref, Sampling(max_tokens=200, stop=("\x00never",)), None,
+                      time.monotonic() + 60, "acme")
+    failing = [
+        GenRequest(prompt, ref, Sampling(max_tokens=8), None, time.monotonic() - 1, "acme"),  # past deadline
+        GenRequest(prompt, ref, Sampling(max_tokens=8, schema={"type": "object", "properties": {
+            "a": {"$ref": "#/nowhere"}}}), None, time.monotonic() + 60, "acme"),  # guide cannot compile
+        GenRequest(prompt, ref, Sampling(max_tokens=8), None, time.monotonic() + 60, "acme"),  # cancelled
+    ]
+    failing[2].cancel()
+    errors: list = []
+    for r in failing:
+        r.emit = errors.append
+    seen: list[tuple[int, bool]] = []
+    done = threading.Event()
+
+    def emit(ev):  # on the engine thread, between decode steps of the running batch
+        if ev.kind == "done" or ev.kind == "error":
+            done.set()
+        elif not errors and not seen:
+            seen.append((-1, False))
+            engine.submit(failing)  # they join at the next step, and fail there
+        elif len(errors) == 2 and len(seen) == 1:
+            seen.append((engine.inflight, long.done))
+
+    long.emit = emit
+    engine.submit([long])
+    assert done.wait(120)
+    assert [e.error.code for e in errors] == ["deadline_exceeded", None] and errors[1].error.status == 400
+    assert seen[1:] == [(1, False)], seen  # only the running request holds a slot
+    until = time.monotonic() + 5
+    while engine.inflight and time.monotonic() < until:
+        time.sleep(0.001)
+    assert engine.inflight == 0
+
+
 def test_cancel_and_deadline_stop_generation(server):
     import time
 

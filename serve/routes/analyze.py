@@ -100,7 +100,6 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         tasks = resolve_tasks(body.tasks, run_dir=ref.path)
     except (ConfigError, KeyError) as exc:
         raise invalid("tasks", f"tasks: {exc}") from None
-    renderer = host.renderer_for(ref)
     customer = [t.id for t in conv.turns if t.role.value == "customer"] or [conv.turns[0].id]
 
     deadline = time.monotonic() + ctx.settings.request_timeout_s
@@ -118,11 +117,12 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
             adapter = host.adapter(ref.adapter_key)
             predictors = adapter.predictors
             context = run_context(ref.path, adapter.few_shot, [conv], tasks, encoder=ctx.get_encoder())
+        renderer = host.renderer_for(ref)  # adapter state: read here, on the engine thread
         with host.active(ref) as model, torch.inference_mode():
             generator = engine.generator(model)
             generator.deadline = deadline  # the job stops at the request's deadline, freeing the engine
             try:
-                return answer_with_predictors(
+                return renderer, answer_with_predictors(
                     generator,
                     renderer,
                     [conv],
@@ -138,7 +138,8 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
 
     started = time.perf_counter()
     try:
-        run = await asyncio.wait_for(asyncio.wrap_future(engine.run_job(job)), ctx.settings.request_timeout_s)
+        renderer, run = await asyncio.wait_for(asyncio.wrap_future(engine.run_job(job)),
+                                               ctx.settings.request_timeout_s)
     except (asyncio.TimeoutError, TimeoutError):
         raise APIError(504, "analysis did not finish before its deadline", code="deadline_exceeded") from None
     results: dict[str, Any] = {}
