@@ -129,6 +129,7 @@ class Engine:
         self.batches = 0  # batches run (for tests and metrics)
         self.joins = 0  # requests that joined a running batch
         self.max_rows_seen = 0
+        self.prefilled_rows = 0  # prompts prefilled (a prompt shared by n rows counts once)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -358,10 +359,8 @@ class Engine:
         samplers = [_Sampler(r.sampling, torch) for r in batch]
         guides = [r.guide for r in batch]
         with torch.inference_mode():
-            rows = gen.rows(len(batch), reuse=False, adapter_names=mixed)
-            logits = rows.prefill([r.prompt_ids for r in batch])
+            logits, cache, mask = self._prefill(gen, [r.prompt_ids for r in batch], mixed)
             group = list(range(len(batch)))  # batch rows still decoding, in cache order
-            cache, mask = rows.cache, rows.mask
             positions = [len(r.prompt_ids) for r in batch]
             while True:
                 for g, i in enumerate(group):
@@ -412,11 +411,9 @@ class Engine:
                         first = len(batch)
                         new_aliases = host.ensure([r.model for r in new])  # all in memory: no load
                         new_names = [new_aliases[r.model.adapter_key] for r in new]
-                        rows = gen.rows(
-                            len(new), reuse=False, adapter_names=new_names if mixed is not None else None
-                        )
-                        new_logits = rows.prefill([r.prompt_ids for r in new])
-                        cache, mask = _merge_caches(cache, mask, rows.cache, rows.mask)
+                        new_logits, new_cache, new_mask = self._prefill(
+                            gen, [r.prompt_ids for r in new], new_names if mixed is not None else None)
+                        cache, mask = _merge_caches(cache, mask, new_cache, new_mask)
                         logits = torch.cat([logits, new_logits])
                         batch.extend(new)
                         names.extend(new_names)
@@ -426,6 +423,25 @@ class Engine:
                         group.extend(range(first, len(batch)))
                         self.joins += len(new)
                         self.max_rows_seen = max(self.max_rows_seen, len(group))
+
+    def _prefill(self, gen: Any, prompts: list[list[int]], names: list[str] | None) -> tuple[Any, Any, Any]:
+        """Prefill each distinct (prompt, adapter) once and copy its cache row to every request that
+        shares it (``n > 1``, best-of): (last logits, KV cache, mask), one row per prompt."""
+        import torch
+        from transformers import DynamicCache
+
+        keys = [(tuple(p), names[i] if names is not None else None) for i, p in enumerate(prompts)]
+        first = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+        rows = gen.rows(len(first), reuse=False,
+                        adapter_names=[k[1] for k in first] if names is not None else None)
+        logits = rows.prefill([list(k[0]) for k in first])
+        self.prefilled_rows += len(first)
+        if len(first) == len(prompts):
+            return logits, rows.cache, rows.mask
+        idx = torch.tensor([first[k] for k in keys], dtype=torch.long, device=gen.device)
+        cache = DynamicCache([(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
+                              for layer in rows.cache.layers])
+        return logits.index_select(0, idx), cache, rows.mask.index_select(0, idx)
 
     def _advance(self, r: GenRequest, token: int, stop_ids: set[int], tokenizer: Any) -> None:
         """Append one token to ``r``; emit new text; finish on stop/limits/deadline/cancel."""

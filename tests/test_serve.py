@@ -413,6 +413,33 @@ def _run(engine, reqs):
     return ["".join(t for t in ts if isinstance(t, str)) for ts in texts], texts
 
 
+def test_a_prompt_shared_by_n_rows_is_prefilled_once_with_solo_outputs(server):
+    """n > 1 (and best-of) send one prompt n times: the engine prefills it once and copies its
+    cache row; each row's output equals its solo run (greedy, and sampled with its own seed)."""
+    import dataclasses
+    import time
+
+    from serve.engine import GenRequest, Sampling
+
+    host, engine = server.ctx.host, server.ctx.engine
+    prompt = host.renderer.encode_chat([{"role": "user", "content": "Why was I charged twice?"}]).input_ids
+    other = host.renderer.encode_chat([{"role": "user", "content": "Hi"}]).input_ids
+    ref = host.resolve("acme", "alpha")
+    samplings = [Sampling(max_tokens=10), Sampling(max_tokens=10, temperature=1.0, seed=3),
+                 Sampling(max_tokens=10, temperature=1.0, seed=4)]
+
+    def reqs():
+        return [GenRequest(p, ref, dataclasses.replace(s), None, time.monotonic() + 60, "acme")
+                for p, s in [(prompt, samplings[0]), (prompt, samplings[1]), (prompt, samplings[2]),
+                             (other, samplings[0])]]
+
+    solo = [_run(engine, [r])[0][0] for r in reqs()]
+    before = engine.prefilled_rows
+    together = _run(engine, reqs())[0]
+    assert together == solo
+    assert engine.prefilled_rows - before <= 2  # the shared prompt once, the other once
+
+
 def test_mixed_adapter_batch_is_byte_identical_to_solo_runs(server):
     import time
 
