@@ -20,7 +20,7 @@ whitespace loops.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 #: Canonical separators of training targets; no free whitespace.
@@ -95,6 +95,33 @@ class Guide:
         """Consume the token decoding picked (it must have been allowed)."""
         if not self._matcher.consume_token(int(token)):
             raise RuntimeError(f"guided decoding: token {token} rejected: {self._matcher.get_error()}")
+
+
+def mask_rows_(logits: Any, guides: Sequence[Guide | None]) -> Any:
+    """Mask every guided row of a ``(rows, vocab)`` logits tensor in one pass, in place: each
+    guide fills its row of one bitmask (llguidance, native code), then one vectorised unpack
+    and ``masked_fill`` covers all rows (unguided rows, ``None``, are left as they are)."""
+    import torch
+    from llguidance.torch import fill_next_token_bitmask
+
+    rows = [(i, g) for i, g in enumerate(guides) if isinstance(g, Guide)]
+    for i, g in enumerate(guides):
+        if g is not None and not isinstance(g, Guide):  # another kind of guide: its own mask
+            g.mask_(logits[i])
+    if not rows:
+        return logits
+    vocab = rows[0][1]._vocab
+    words = torch.full((len(rows), (vocab + 31) // 32), -1, dtype=torch.int32)
+    for j, (_, g) in enumerate(rows):
+        fill_next_token_bitmask(g._matcher, words, j)
+    allowed = ((words[:, :, None] >> rows[0][1]._bits) & 1).reshape(len(rows), -1)[:, :vocab].bool()
+    n = min(vocab, logits.shape[-1])
+    idx = torch.tensor([i for i, _ in rows], dtype=torch.long, device=logits.device)
+    sub = logits.index_select(0, idx)
+    sub[:, :n].masked_fill_(~allowed[:, :n].to(logits.device), float("-inf"))
+    sub[:, n:] = float("-inf")
+    logits.index_copy_(0, idx, sub)
+    return logits
 
 
 class Guides:

@@ -339,6 +339,8 @@ class Engine:
         on a crash, fails them)."""
         import torch
 
+        from convtune.guided import mask_rows_
+
         host = self.host
         batch = self._loadable(batch)
         if not batch:
@@ -363,9 +365,7 @@ class Engine:
             group = list(range(len(batch)))  # batch rows still decoding, in cache order
             positions = [len(r.prompt_ids) for r in batch]
             while True:
-                for g, i in enumerate(group):
-                    if guides[i] is not None:
-                        guides[i].mask_(logits[g])
+                mask_rows_(logits, [guides[i] for i in group])  # every JSON-mode row in one pass
                 nxt = [samplers[i].pick(logits[g], batch[i].out) for g, i in enumerate(group)]
                 for g, i in enumerate(group):
                     if guides[i] is not None and not batch[i].done:

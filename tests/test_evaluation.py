@@ -645,3 +645,20 @@ def test_faithfulness_counts_speaker_names_as_part_of_the_transcript():
     run = AnswerRun([said], {"summary": TaskTiming("summary")}, 0.0, "chained", False, 1, 1)
     results, records = score_answers(run, [conv], [task], "m")
     assert results["summary"].metrics["faithfulness"] == 1.0 and records[0]["faithfulness"] == 1.0
+
+
+def test_batched_guide_masks_equal_row_by_row_masks(tiny):
+    from convtune.guided import mask_rows_
+
+    guides = _gen(tiny).guides
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    g1, g2 = guides.guide(schema), guides.guide({"type": "array", "items": {"type": "string"}})
+    first = g2.allowed().nonzero()[0].item()
+    g2.advance(first)  # a guide part-way through its answer
+    logits = torch.randn(3, guides.vocab_size + 7)  # the model's vocabulary can be larger
+    one_by_one = logits.clone()
+    g1.mask_(one_by_one[0])
+    g2.mask_(one_by_one[2])
+    batched = mask_rows_(logits.clone(), [g1, None, g2])
+    assert torch.equal(batched, one_by_one) and torch.isinf(batched[0]).any()
+    assert not torch.isinf(batched[1]).any()  # the unguided row is untouched

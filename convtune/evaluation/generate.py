@@ -412,6 +412,8 @@ class Rows:
         """
         from transformers import DynamicCache
 
+        from convtune.guided import mask_rows_
+
         torch = self.gen.torch
         t0 = time.perf_counter()
         active = list(active) if active is not None else [True] * self.n
@@ -428,9 +430,7 @@ class Rows:
         ends = self.gen.sentence_end_ids
         while True:
             self.gen.check_deadline()
-            for g, r in enumerate(group):
-                if not done[r] and guides[r] is not None:
-                    guides[r].mask_(logits[g])
+            mask_rows_(logits, [guides[r] if not done[r] else None for r in group])
             nxt = logits.argmax(dim=-1).tolist()
             for g, r in enumerate(group):
                 if done[r]:
