@@ -12,7 +12,7 @@ same tokens):
    transcript encoded once, KV cache reused) vs the same 4 task prompts sent one
    by one through ``/v1/model/generate``: mean seconds per conversation and how many
    answers parse into each task's typed shape (analyze decodes guided, one by one free);
-4. ``--fast-cpu`` (int8 dynamic quantisation): single-stream tokens/s vs fp32,
+4. the fast CPU path (``convtune.inference.quantize``, int4): single-stream tokens/s vs fp32,
    greedy outputs identical to fp32 (share of prompts), and perplexity of the
    sample transcripts under both (quality cost).
 
@@ -125,7 +125,7 @@ def with_adapter(model, adapter: Path | None):
 
 def in_process(args, prompts: list[list[int]]) -> dict:
     from convtune.models import load_model
-    from serve.fast import quantize_for_cpu
+    from convtune.inference.quantize import quantize_for_cpu
 
     model, tok = load_model(args.model, device="cpu")
     served = with_adapter(model, args.adapter)

@@ -82,7 +82,8 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVE_FLAGS = ("host", "port", "workers", "base_model", "device", "fast_cpu", "max_concurrent_requests",
+SERVE_FLAGS = ("host", "port", "workers", "base_model", "device", "fast_cpu", "cpu_weights",
+               "max_concurrent_requests",
                "max_batch_size", "max_loaded_adapters", "request_timeout_s", "max_tokens_limit",
                "database_url", "worker", "jobs_per_tenant")
 
@@ -211,8 +212,10 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="worker processes (each loads the model)")
     p.add_argument("--base-model", help="base model (default: smollm2-135m-instruct)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--fast-cpu", action="store_const", const=True, default=None,
-                   help="int8 dynamic quantisation of the linear layers (faster on CPU; see README for cost)")
+    p.add_argument("--fast-cpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="on CPU, decode with 4-bit (or --cpu-weights int8) weights (default: yes)")
+    p.add_argument("--cpu-weights", choices=("int4", "int8"),
+                   help="the fast CPU path's weights (default int4; README for cost)")
     p.add_argument("--max-concurrent-requests", type=int, help="in flight before 429 (default 128)")
     p.add_argument("--max-batch-size", type=int, help="sequences decoded together (default 16)")
     p.add_argument("--max-loaded-adapters", type=int, help="LoRA adapters kept in memory (default 8)")

@@ -66,10 +66,10 @@ def build_context(settings: ServerSettings, *, model: Any = None, tokenizer: Any
             from convtune.models import load_model
 
             model, tokenizer = load_model(settings.base_model, device=settings.device)
-            if settings.fast_cpu:
-                from serve.fast import quantize_for_cpu
+            if settings.fast_cpu:  # a no-op off CPU
+                from convtune.inference.quantize import quantize_for_cpu
 
-                model = quantize_for_cpu(model)
+                model = quantize_for_cpu(model, settings.cpu_weights)
         ctx.host = ModelHost(
             model, tokenizer, settings.base_model, ctx.models, max_adapters=settings.max_loaded_adapters
         )

@@ -207,6 +207,9 @@ class Engine:
     # ---- the loop (engine thread) ---------------------------------------------------------------
 
     def _loop(self) -> None:
+        from convtune.inference.quantize import engine_thread_setup
+
+        engine_thread_setup(self.host.model)
         while True:
             with self._cv:
                 while not self._pending and not self._jobs and not self._stopping:

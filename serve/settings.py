@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -32,7 +32,8 @@ class ServerSettings(BaseModel):
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (each loads the model)")
     base_model: str = Field(DEFAULT_MODEL, min_length=1, description="the one base model in memory")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    fast_cpu: bool = Field(False, description="int8 dynamic quantisation of the linear layers (CPU only)")
+    fast_cpu: bool = Field(True, description="on CPU, decode with 4- or 8-bit weights (inference.quantize)")
+    cpu_weights: Literal["int4", "int8"] = Field("int4", description="the fast CPU path's weight scheme")
     load_models: bool = Field(True, description="load the model at startup (False: no generation routes)")
     # capacity
     max_concurrent_requests: int = Field(128, ge=1, description="in flight (running + waiting); more -> 429")

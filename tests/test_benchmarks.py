@@ -214,3 +214,10 @@ def test_quality_dialogsum_roles_and_best_reference_rouge():
     refs = ["the card is lost", "something else entirely"]
     assert quality.rouge_l_best("the card is lost", refs) == 1.0
     assert quality.rouge_l_best(None, refs) == 0.0 == quality.rouge_l_best("  ", refs)
+
+
+def test_decode_speed_greedy_agreement_counts_identical_outputs_and_shared_prefixes():
+    ds = load_script("decode_speed")
+    same, prefix = ds.agreement([[1, 2, 3, 4], [5, 6, 7, 8]], [[1, 2, 3, 4], [5, 6, 0, 8]])
+    assert same == 0.5 and prefix == 0.75  # (4/4 + 2/4) / 2
+    assert ds.agreement([[1, 2]], [[1, 2, 3, 4]]) == (0.0, 0.5)  # a shorter output is not identical

@@ -1,0 +1,140 @@
+"""Weight-only low-precision linear layers for fast CPU decoding.
+
+Decoding one token reads every weight once, so on CPU its speed is set by the bytes of
+weight read per token plus the Python work per layer. This module shrinks the bytes:
+each ``nn.Linear`` of the transformer becomes a :class:`QuantLinear` whose weight is kept
+in 4 bits (groups of 32 input channels, one scale and offset per group, the layout of
+llama.cpp's Q4_1) or 8 bits (one scale per output channel), multiplied by PyTorch's own
+CPU kernels (``aten._weight_int4pack_mm_for_cpu`` / ``aten._weight_int8pack_mm``, which
+take bf16 activations). Only the weights are quantised: activations stay float, so the
+outliers of small Llama-style models cost nothing (per-token int8 activations, PyTorch's
+dynamic quantisation, raised SmolLM2-135M's perplexity 2.7x with every layer quantised).
+
+Schemes (measured on SmolLM2-135M by ``benchmarks/decode_speed.py``, quoted in the README):
+
+* ``int4`` (default): 4-bit transformer layers, 8-bit output head (a 4-bit head alone
+  added ~5% perplexity).
+* ``int8``: 8-bit everywhere: a little slower, closest to fp32.
+
+Each :class:`QuantLinear` is an ``nn.Linear`` that keeps its float weight (state dicts,
+adapter loading and PEFT's checks see the original layer), so PEFT wraps it like any
+linear layer and any tenant's LoRA adapter runs unmerged on top of it: the base matmul is
+low-precision, LoRA's small matrices stay float. The packed weights are extra memory
+(about 1/8 of the fp32 model for ``int4``, 1/4 for ``int8``), shared by every adapter.
+Layers whose shapes the kernels do not take (4-bit needs input channels divisible by 32
+and output channels by 16) fall back to 8 bits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+Scheme = Literal["int4", "int8"]
+SCHEMES: tuple[str, ...] = ("int4", "int8")
+GROUP_SIZE = 32  # input channels per 4-bit group (llama.cpp's Q4 block)
+_ACT = torch.bfloat16  # the dtype the CPU low-precision kernels multiply in
+
+
+def _pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (int8 weight [N, K], bf16 scales [N])."""
+    scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8)
+    q = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
+    return q, scale.to(_ACT)
+
+
+def _pack_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit in groups of ``group`` input channels: (packed weight, bf16 scales
+    and zeros [K / group, N, 2]) in the layout ``_weight_int4pack_mm_for_cpu`` reads
+    (weight = (q - 8) * scale + zero)."""
+    n, k = weight.shape
+    g = weight.reshape(n, k // group, group)
+    low, high = g.amin(dim=-1, keepdim=True), g.amax(dim=-1, keepdim=True)
+    scale = ((high - low) / 15).clamp_min(1e-8)
+    q = ((g - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    zero = low + scale * 8
+    scales_zeros = torch.stack([scale.squeeze(-1), zero.squeeze(-1)], dim=-1).transpose(0, 1)
+    return packed, scales_zeros.contiguous().to(_ACT)
+
+
+def int4_fits(linear: torch.nn.Linear, group: int = GROUP_SIZE) -> bool:
+    return linear.in_features % group == 0 and linear.out_features % 16 == 0
+
+
+class QuantLinear(torch.nn.Linear):
+    """An ``nn.Linear`` (so PEFT accepts it) whose forward multiplies by its packed 4- or
+    8-bit weight. The float ``weight`` is kept but not read by ``forward``."""
+
+    bits: int
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, bits: int = 4, group: int = GROUP_SIZE) -> QuantLinear:
+        if bits == 4 and not int4_fits(linear, group):
+            bits = 8
+        new = cls.__new__(cls)
+        torch.nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight, new.bias = linear.weight, linear.bias
+        new.bits, new.group = bits, group
+        weight = linear.weight.detach().float()
+        packed, scales = _pack_int4(weight, group) if bits == 4 else _pack_int8(weight)
+        # plain attributes, not buffers: the state dict stays the float layer's
+        object.__setattr__(new, "_packed", packed)
+        object.__setattr__(new, "_scales", scales)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).to(_ACT)
+        if self.bits == 4:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self._packed, self.group, self._scales)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(flat, self._packed, self._scales)
+        y = y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}"
+
+
+def quantize_for_cpu(model: Any, scheme: Scheme = "int4") -> Any:
+    """Swap ``model``'s linear layers for :class:`QuantLinear`, in place: transformer layers
+    at the scheme's bits, the output head at 8 bits. A model not on CPU is returned as is
+    (CUDA keeps its bf16 weights)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown CPU weight scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    first = next(model.parameters(), None)
+    if first is None or first.device.type != "cpu":
+        return model
+    bits = 4 if scheme == "int4" else 8
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    swaps = []
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is torch.nn.Linear:
+                swaps.append((module, name, child, 8 if child is head else bits))
+    for parent, name, child, child_bits in swaps:
+        setattr(parent, name, QuantLinear.from_linear(child, child_bits))
+    model.eval()
+    return model
+
+
+def engine_thread_setup(model: Any) -> None:
+    """Call first on a thread (not the main one) that will run ``model``: a quantised model
+    decodes there with one intra-op thread. Measured on 2 cores: the packed kernels' OpenMP
+    team is 2-4x slower outside the process's main thread (HF ``generate`` of SmolLM2-135M,
+    int4: 31 tokens/s on the main thread, 12-14 on another with 2 threads, 25.5 with 1)."""
+    import threading
+
+    modules = getattr(model, "modules", None)
+    if threading.current_thread() is not threading.main_thread() and callable(modules) and any(
+            isinstance(m, QuantLinear) for m in modules()):
+        torch.set_num_threads(1)
+
+
+def packed_bytes(model: Any) -> int:
+    """Bytes held by the packed low-precision weights (the fast path's extra memory)."""
+    return sum(m._packed.numel() * m._packed.element_size() + m._scales.numel() * m._scales.element_size()
+               for m in model.modules() if isinstance(m, QuantLinear))
