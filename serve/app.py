@@ -12,6 +12,7 @@ hostile text, request id + API key + metrics) and the routers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -33,6 +34,13 @@ log = logging.getLogger("convtune.serve")
 PUBLIC = {"/live", "/ready"}  # probes; everything else needs an API key
 
 
+def _on_own_thread(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on a fresh thread that exits afterwards: the model loads on it, and a live
+    thread holding an OpenMP team would slow the engine's kernels (``engine_thread_setup``)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="convtune-load") as pool:
+        return pool.submit(fn, *args).result()
+
+
 def create_app(settings: ServerSettings | None = None, *, context: ServerContext | None = None) -> FastAPI:
     """The FastAPI app. ``context`` (tests) replaces what the lifespan would build from ``settings``."""
     if settings is None and context is None:
@@ -40,8 +48,14 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = context or await asyncio.to_thread(build_context, settings)
+        ctx = context or await asyncio.to_thread(_on_own_thread, build_context, settings)
         app.state.ctx = ctx
+        from convtune.inference.quantize import single_openmp_thread, uses_packed_weights
+
+        if ctx.host is not None and uses_packed_weights(ctx.host.model):
+            # helper threads start no OpenMP team: the engine's packed kernels stay fast
+            asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(
+                thread_name_prefix="convtune-io", initializer=single_openmp_thread))
         if ctx.engine is not None:
             ctx.engine.start()
         ctx.ready = True

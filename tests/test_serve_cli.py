@@ -189,3 +189,30 @@ def test_server_loads_the_fast_cpu_path_by_default(tiny_model_dir, tmp_path):
     assert any(isinstance(m, QuantLinear) for m in ctx.host.model.modules())
     off = build_context(load_settings({**flags, "fast_cpu": False}, env={}))
     assert not any(isinstance(m, QuantLinear) for m in off.host.model.modules())
+
+
+def test_engine_thread_keeps_its_threads_and_helpers_start_no_openmp_team(tiny_model_dir):
+    """The fast path's thread rule (in a subprocess: it changes process-wide thread settings)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import threading, torch
+from convtune.inference.quantize import engine_thread_setup, quantize_for_cpu, single_openmp_thread
+from convtune.models import load_model
+torch.set_num_threads(2)
+model, _ = load_model({str(tiny_model_dir)!r}, device="cpu")
+quantize_for_cpu(model)
+seen = {{}}
+def engine():
+    seen["engine"] = engine_thread_setup(model), torch.get_num_threads()
+    late = threading.Thread(target=lambda: seen.__setitem__("late", torch.get_num_threads()))
+    late.start(); late.join()
+    def helper():
+        single_openmp_thread(); seen["helper"] = torch.get_num_threads()
+    h = threading.Thread(target=helper); h.start(); h.join()
+t = threading.Thread(target=engine); t.start(); t.join()
+print(seen["engine"], seen["late"], seen["helper"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[-2] == "(2, 2) 1 1"  # engine keeps 2; later threads get 1

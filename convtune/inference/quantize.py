@@ -121,17 +121,56 @@ def quantize_for_cpu(model: Any, scheme: Scheme = "int4") -> Any:
     return model
 
 
-def engine_thread_setup(model: Any) -> None:
-    """Call first on a thread (not the main one) that will run ``model``: a quantised model
-    decodes there with one intra-op thread. Measured on 2 cores: the packed kernels' OpenMP
-    team is 2-4x slower outside the process's main thread (HF ``generate`` of SmolLM2-135M,
-    int4: 31 tokens/s on the main thread, 12-14 on another with 2 threads, 25.5 with 1)."""
-    import threading
+def _libgomp() -> Any:
+    """PyTorch's own OpenMP runtime (the one its CPU kernels use), or None."""
+    import ctypes
+    from pathlib import Path
 
+    for lib in sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*")):
+        try:
+            return ctypes.CDLL(str(lib))  # already loaded by torch: the same instance
+        except OSError:
+            continue
+    return None
+
+
+def engine_thread_setup(model: Any) -> int:
+    """Call first on the thread that will run a quantised ``model`` (the engine thread); returns
+    the intra-op threads it will use.
+
+    The packed kernels are small OpenMP regions, fast only while their worker threads spin
+    between regions; GNU OpenMP stops spinning once it manages more threads than the machine
+    has cores, which happens as soon as a second thread of the process owns an OpenMP team
+    (measured on 2 cores, a 576x1536 4-bit layer: 55 us alone, 155-260 us with another team
+    alive; HF ``generate`` of SmolLM2-135M int4 31 tokens/s vs 12-14). So this thread keeps
+    the process's thread count, and every thread that initialises PyTorch's threading after
+    it gets one thread (no team); helper threads that may call MKL directly start with
+    :func:`single_openmp_thread`. The model must be loaded on a thread that has exited
+    (``serve.app`` does both), not on a long-lived one. Without PyTorch's libgomp (other
+    builds), this thread falls back to one intra-op thread."""
+    if not uses_packed_weights(model):
+        return torch.get_num_threads()
+    n = torch.get_num_threads()  # also initialises this thread's OpenMP settings
+    torch.set_num_threads(1)  # the default for threads initialised from now on
+    gomp = _libgomp()
+    if gomp is None:
+        return 1
+    gomp.omp_set_num_threads(n)  # this thread only
+    return n
+
+
+def single_openmp_thread() -> None:
+    """Give the calling thread one OpenMP thread (its kernels and MKL's then start no team):
+    the initializer of the server's helper threads while the engine decodes quantised
+    (``engine_thread_setup``). A no-op without PyTorch's libgomp."""
+    gomp = _libgomp()
+    if gomp is not None:
+        gomp.omp_set_num_threads(1)
+
+
+def uses_packed_weights(model: Any) -> bool:
     modules = getattr(model, "modules", None)
-    if threading.current_thread() is not threading.main_thread() and callable(modules) and any(
-            isinstance(m, QuantLinear) for m in modules()):
-        torch.set_num_threads(1)
+    return callable(modules) and any(isinstance(m, QuantLinear) for m in modules())
 
 
 def packed_bytes(model: Any) -> int:
