@@ -854,3 +854,24 @@ def test_sampler_survives_extreme_temperatures():
         s = _Sampler(Sampling(max_tokens=1, temperature=t, top_p=0.5, top_k=8, seed=0), torch)
         pick = s.pick(logits.clone(), [1, 2, 3])
         assert 0 <= pick < 64 and pick != 7
+
+
+def test_engine_and_task_answering_decode_identical_greedy_tokens(server, tiny_model_dir):
+    """The server's engine and the Generator behind ``answer_tasks`` (evaluate, analyze,
+    ``convtune chat``) give the same greedy tokens for the same prompts, batched together."""
+    import time
+
+    from convtune.evaluation.generate import Generator
+    from convtune.models import load_model
+    from serve.engine import GenRequest, Sampling
+
+    host, engine = server.ctx.host, server.ctx.engine
+    texts = ("Where is my refund?", "My internet has been down since Monday, please help me.", "hi")
+    prompts = [host.renderer.encode_chat([{"role": "user", "content": t}]).input_ids for t in texts]
+    ref = host.resolve("acme", "tiny-base")
+    served = _run(engine, [GenRequest(p, ref, Sampling(max_tokens=10), None, time.monotonic() + 60, "acme")
+                           for p in prompts])[0]
+    model, tok = load_model(str(tiny_model_dir), device="cpu")  # the same weights, loaded afresh
+    answered = [g.text for g in Generator(model, tok).generate(prompts, 10)]
+    assert served == answered
+    assert len(set(answered)) > 1  # real, prompt-dependent outputs

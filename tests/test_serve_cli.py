@@ -214,5 +214,6 @@ def engine():
 t = threading.Thread(target=engine); t.start(); t.join()
 print(seen["engine"], seen["late"], seen["helper"])
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True)
     assert out.stdout.split("\n")[-2] == "(2, 2) 1 1"  # engine keeps 2; later threads get 1
