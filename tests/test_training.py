@@ -105,8 +105,8 @@ def test_config_defaults_file_overrides_and_flags(tmp_path, monkeypatch):
     assert cfg.output.dir == (tmp_path / "runs" / "x").resolve()  # resolved: resume works from anywhere
     assert cfg.tasks.names == list(CORE_TASKS) and cfg.tasks.weight("intent") == 2.0
     assert cfg.tasks.weight("summary") == 1.0
-    # defaults from the issue
-    assert (cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (32, 0.05, "all-linear")
+    # defaults (dropout 0 since issue 15: same loss, no mask per LoRA input)
+    assert (cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (32, 0.0, "all-linear")
     assert (cfg.train.max_seq_len, cfg.train.seed, cfg.model.name) == (2048, 42, "smollm2-135m-instruct")
     assert cfg.max_transcript_tokens == 1536
 
