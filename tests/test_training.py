@@ -333,8 +333,11 @@ def trained(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
     rows = [conv_dict(i, {"mood": "yes", "topic": "billing"}) for i in range(3)]
     data = write_jsonl(tmp / "train.jsonl", rows)
+    # lr 1e-2 on a tiny random model was calibrated with LoRA dropout 0.05 (the default until issue 15);
+    # without it these 30 steps overfit into repeating the label with no end of turn
     cfg = load_config(None, overrides=overrides(train__max_steps=30, train__lr="1e-2", train__save_every=10,
-                                                train__eval_every=15, train__lr_scheduler="constant"),
+                                                train__eval_every=15, train__lr_scheduler="constant",
+                                                lora__dropout=0.05),
                       flags={"data.train": data, "data.validation": write_jsonl(tmp / "val.jsonl", rows[:1]),
                              "model.name": tiny_model_dir, "output.dir": tmp / "run"})
     lines: list[str] = []
