@@ -7,15 +7,15 @@ in 4 bits (groups of 32 input channels, one scale and offset per group, the layo
 llama.cpp's Q4_1) or 8 bits (one scale per output channel), multiplied by PyTorch's own
 CPU kernels (``aten._weight_int4pack_mm_for_cpu`` / ``aten._weight_int8pack_mm``, which
 take bf16 activations). Only the weights are quantised: activations stay float, so the
-outliers of small Llama-style models cost nothing (per-token int8 activations, PyTorch's
-dynamic quantisation, raised SmolLM2-135M's perplexity 2.7x with every layer quantised).
+outliers of small Llama-style models cost nothing (PyTorch's dynamic quantisation, int8
+activations with one scale per tensor, raised SmolLM2-135M's perplexity 2.7x in a probe
+with every layer quantised).
 
 Schemes (measured on SmolLM2-135M by ``benchmarks/decode_speed.py``, quoted in the README):
 
 * ``int4`` (default): 4-bit transformer layers, 8-bit output head (a 4-bit head alone
   added ~5% perplexity).
-* ``int8``: 8-bit everywhere: slower, and no closer in a probe (perplexity 25.38 vs
-  25.32 for ``int4``, fp32 25.25).
+* ``int8``: 8-bit everywhere: slower, and no closer to fp32 in a probe.
 
 Each :class:`QuantLinear` is an ``nn.Linear`` that keeps its float weight (state dicts,
 adapter loading and PEFT's checks see the original layer), so PEFT wraps it like any
