@@ -17,7 +17,7 @@ from fastapi import Request
 
 from convtune.renderer import ContextChunk
 from serve.context import ServerContext
-from serve.engine import Event, GenRequest, Sampling
+from serve.engine import Event, GenRequest, Sampling, TaskRequest
 from serve.errors import APIError, invalid, not_found
 from serve.models import ModelRef
 from serve.protocol import RetrievalSpec
@@ -155,7 +155,35 @@ async def stream(
     return events()
 
 
-async def _watch_disconnect(request: Request, reqs: list[GenRequest]) -> None:
+async def answer_dialog(request: Request, ref: ModelRef, prepare: Any) -> Any:
+    """Several tasks about one conversation as one engine request (:class:`TaskRequest`):
+    ``prepare(generator)`` builds its :class:`~convtune.evaluation.generate.TaskDialog` on the
+    engine thread; returns the dialog with every task answered. Cancelled if the client goes."""
+    ctx = ctx_of(request)
+    _, engine = ctx.require_engine()
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def deliver(ev: Event) -> None:
+        if fut.done():
+            return
+        if ev.kind == "error":
+            fut.set_exception(ev.error)
+        elif ev.kind == "done":
+            fut.set_result(ev.result)
+
+    req = TaskRequest(ref, prepare, lambda ev: loop.call_soon_threadsafe(deliver, ev),
+                      time.monotonic() + ctx.settings.request_timeout_s, tenant_of(request))
+    engine.submit([req])
+    watcher = asyncio.create_task(_watch_disconnect(request, [req]))
+    try:
+        return await fut
+    finally:
+        watcher.cancel()
+        req.cancel()  # no-op when finished
+
+
+async def _watch_disconnect(request: Request, reqs: list[GenRequest] | list[TaskRequest]) -> None:
     while True:
         if await request.is_disconnected():
             for r in reqs:

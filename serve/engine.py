@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -41,23 +40,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from convtune.inference.sampling import Sampling
 from serve.errors import APIError, overloaded
 from serve.models import ModelHost, ModelRef
 
+__all__ = ["Engine", "Event", "GenRequest", "Sampling"]
+
 log = logging.getLogger("convtune.serve")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    top_k: int = 0  # 0: off
-    repetition_penalty: float = 1.0  # CTRL-style: >1 discourages tokens already generated
-    schema: dict[str, Any] | None = None  # JSON schema the output follows (grammar-guided)
-    strip_links: bool = False  # markdown links/images -> their text (answers grounded in retrieval)
 
 
 @dataclass
@@ -70,6 +59,7 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: APIError | None = None
+    result: Any = None  # "done" of a TaskRequest: its TaskDialog, every task answered
 
 
 @dataclass
@@ -82,12 +72,34 @@ class GenRequest:
     tenant: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     # decode state
-    out: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of text already emitted
     done: bool = False
     guide: Any = None  # convtune.guided.Guide while decoding a JSON-mode request
+    seq: Any = None  # convtune.inference.Seq while decoding
     links: Any = None  # serve.links.LinkStripper when sampling.strip_links
-    detok: Any = None  # convtune.inference.Detokenizer of ``out``, made on the first token
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class TaskRequest:
+    """Several tasks about one conversation asked in turn in one chat (call analytics): a
+    :class:`convtune.evaluation.generate.TaskDialog` decoded inside the running batch like any
+    request, its KV row kept between tasks so each prompt computes only what is new.
+
+    ``prepare(generator)`` runs on the engine thread once the request's adapter is in memory
+    and builds the dialog (adapter state, such as the adapter's renderer, is read there)."""
+
+    model: ModelRef
+    prepare: Callable[[Any], Any]
+    emit: Callable[[Event], None]  # called on the engine thread: "done" (result=dialog) or "error"
+    deadline: float
+    tenant: str = ""
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+    dialog: Any = None
+    seq: Any = None  # the answer being decoded
+    kv: Any = None  # the dialog's KV row while it is not in the decode loop
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -111,7 +123,7 @@ class Engine:
         batch_wait_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
     ):
-        from convtune.evaluation.generate import Generator
+        from convtune.inference import Generator
 
         self.host = host
         self.max_batch_size = max_batch_size
@@ -121,7 +133,7 @@ class Engine:
         self._gen_cls = Generator
         self._gen: Any = None  # built once per model object (it inspects the model), not per batch
         self._cv = threading.Condition()
-        self._pending: deque[GenRequest] = deque()
+        self._pending: deque[GenRequest | TaskRequest] = deque()
         self._jobs: deque[_Job] = deque()
         self._inflight = 0
         self._stopping = False
@@ -171,7 +183,7 @@ class Engine:
             raise overloaded()
         self._inflight += n
 
-    def submit(self, requests: list[GenRequest]) -> None:
+    def submit(self, requests: list[GenRequest | TaskRequest]) -> None:
         """Queue requests (all or none); raises 429/503 APIError when over capacity."""
         with self._cv:
             self._admit(len(requests))
@@ -312,6 +324,9 @@ class Engine:
 
         ok = []
         for r in batch:
+            if isinstance(r, TaskRequest):  # a dialog makes its own guides, task by task
+                ok.append(r)
+                continue
             r.guide = None
             if r.sampling.schema is not None:
                 try:
@@ -336,157 +351,146 @@ class Engine:
         return taken
 
     def _run_batch(self, batch: list[GenRequest], joined: list[GenRequest]) -> None:
-        """Decode ``batch`` to the end. Between decode steps, queued requests join it
-        (continuous batching): they are prefilled on their own and their KV cache rows are
-        merged into the batch's. Joiners are appended to ``joined`` (the caller releases and,
-        on a crash, fails them)."""
+        """Decode ``batch`` to the end on the inference core's loop. Between decode steps,
+        queued requests join it (continuous batching): they are prefilled on their own and
+        their KV rows joined to the batch's. Joiners are appended to ``joined`` (the caller
+        fails them on a crash)."""
         import torch
 
-        from convtune.guided import mask_rows_
+        from convtune.inference import DecodeLoop
 
         host = self.host
         batch = self._loadable(batch)
         if not batch:
             return
         aliases = host.ensure([r.model for r in batch])
-        names = [aliases[r.model.adapter_key] for r in batch]
-        batch = list(batch)  # joiners are appended
         model = host.model
         gen = self.generator(model)
         batch = self._guided(batch, gen)
         if not batch:
             return
-        mixed = names if model is not host.base_model else None
+        mixed = model is not host.base_model
         self.batches += 1
         self.max_rows_seen = max(self.max_rows_seen, len(batch))
         if self.on_batch is not None:
             self.on_batch(len(batch))
-        samplers = [_Sampler(r.sampling, torch) for r in batch]
-        guides = [r.guide for r in batch]
+        loop = DecodeLoop(gen)
         with torch.inference_mode():
-            logits, cache, mask = self._prefill(gen, [r.prompt_ids for r in batch], mixed)
-            group = list(range(len(batch)))  # batch rows still decoding, in cache order
-            positions = [len(r.prompt_ids) for r in batch]
-            while True:
-                mask_rows_(logits, [guides[i] for i in group])  # every JSON-mode row in one pass
-                nxt = [samplers[i].pick(logits[g], batch[i].out) for g, i in enumerate(group)]
-                for g, i in enumerate(group):
-                    if guides[i] is not None and not batch[i].done:
-                        guides[i].advance(nxt[g])
-                    self._advance(batch[i], nxt[g], gen.stop_ids, host.tokenizer)
-                running = [g for g, i in enumerate(group) if not batch[i].done]
-                if not running:
-                    break
-                if len(running) < len(group):  # finished rows leave the batch (their slots are free)
-                    idx = torch.tensor(running, dtype=torch.long, device=gen.device)
-                    from transformers import DynamicCache
-
-                    cache = DynamicCache(
-                        [
-                            (layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
-                            for layer in cache.layers
-                        ]
-                    )
-                    mask = mask.index_select(0, idx)
-                    nxt = [nxt[g] for g in running]
-                    group = [group[g] for g in running]
-                ids = torch.tensor([[t] for t in nxt], dtype=torch.long, device=gen.device)
-                pos = torch.tensor([[positions[i]] for i in group], dtype=torch.long, device=gen.device)
-                for i in group:
-                    positions[i] += 1
-                mask = torch.cat([mask, mask.new_ones(len(group), 1)], dim=1)
-                extra = {"adapter_names": [names[i] for i in group]} if mixed is not None else {}
-                out = gen.forward(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=pos,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **extra,
-                )
-                logits = out.logits[:, -1, :].float()
-                if len(group) < self.max_batch_size and self._pending:
-                    new = self._take_joiners(self.max_batch_size - len(group))
+            self._join(loop, gen, batch, aliases if mixed else None)
+            while loop:
+                for r in [s.owner for s in loop.seqs]:  # the client left, or the deadline passed
+                    if r.cancelled.is_set():
+                        r.seq.end("cancelled")
+                    elif time.monotonic() > r.deadline:
+                        r.seq.end("deadline")
+                ended = loop.step()
+                for s in loop.seqs:
+                    if isinstance(s.owner, GenRequest):
+                        self._emit_text(s.owner, s.take_text())
+                for s, kv in ended:
+                    if isinstance(s.owner, TaskRequest):
+                        self._dialog_answered(loop, s.owner, s, kv)
+                    else:
+                        self._finish(s.owner)
+                if loop and len(loop) < self.max_batch_size and self._pending:
+                    new = self._take_joiners(self.max_batch_size - len(loop))
                     joined.extend(new)
                     new = self._guided([r for r in new if not self._finish_if_stale(r)], gen)
                     if new:
-                        first = len(batch)
-                        new_aliases = host.ensure([r.model for r in new])  # all in memory: no load
-                        new_names = [new_aliases[r.model.adapter_key] for r in new]
-                        new_logits, new_cache, new_mask = self._prefill(
-                            gen, [r.prompt_ids for r in new], new_names if mixed is not None else None)
-                        cache, mask = _merge_caches(cache, mask, new_cache, new_mask)
-                        logits = torch.cat([logits, new_logits])
-                        batch.extend(new)
-                        names.extend(new_names)
-                        samplers.extend(_Sampler(r.sampling, torch) for r in new)
-                        guides.extend(r.guide for r in new)
-                        positions.extend(len(r.prompt_ids) for r in new)
-                        group.extend(range(first, len(batch)))
+                        self._join(loop, gen, new, host.ensure([r.model for r in new]) if mixed else None)
                         self.joins += len(new)
-                        self.max_rows_seen = max(self.max_rows_seen, len(group))
+                        self.max_rows_seen = max(self.max_rows_seen, len(loop))
 
-    def _prefill(self, gen: Any, prompts: list[list[int]], names: list[str] | None) -> tuple[Any, Any, Any]:
-        """Prefill each distinct (prompt, adapter) once and copy its cache row to every request that
-        shares it (``n > 1``, best-of): (last logits, KV cache, mask), one row per prompt."""
-        import torch
-        from transformers import DynamicCache
+    def _join(self, loop: Any, gen: Any, reqs: list[GenRequest | TaskRequest], aliases: dict | None) -> None:
+        """Prefill ``reqs`` and add them to the decode loop (``aliases``: adapter key -> PEFT
+        adapter name, for a mixed-adapter batch)."""
+        from convtune.inference import Seq
 
+        for t in [r for r in reqs if isinstance(r, TaskRequest)]:
+            self._start_dialog(loop, gen, t, aliases[t.model.adapter_key] if aliases is not None else None)
+        reqs = [r for r in reqs if isinstance(r, GenRequest)]
+        if not reqs:
+            return
+        names = [aliases[r.model.adapter_key] for r in reqs] if aliases is not None else None
+        kv, logits = self._prefill(gen, [r.prompt_ids for r in reqs], names)
+        for r in reqs:
+            r.seq = Seq(gen, r.sampling, guide=r.guide, owner=r)
+        for s, _ in loop.add(kv, [r.seq for r in reqs], logits):  # max_tokens 0
+            self._finish(s.owner)
+
+    def _prefill(self, gen: Any, prompts: list[list[int]], names: list[str] | None) -> tuple[Any, Any]:
+        """Prefill each distinct (prompt, adapter) once and copy its KV row to every request that
+        shares it (``n > 1``, best-of): (KV batch, last logits), one row per prompt."""
         keys = [(tuple(p), names[i] if names is not None else None) for i, p in enumerate(prompts)]
         first = {k: j for j, k in enumerate(dict.fromkeys(keys))}
-        rows = gen.rows(len(first), reuse=False,
-                        adapter_names=[k[1] for k in first] if names is not None else None)
-        logits = rows.prefill([list(k[0]) for k in first])
+        kv = gen.rows(len(first), reuse=False,
+                      adapter_names=[k[1] for k in first] if names is not None else None)
+        logits = kv.prefill([list(k[0]) for k in first])
         self.prefilled_rows += len(first)
         if len(first) == len(prompts):
-            return logits, rows.cache, rows.mask
-        idx = torch.tensor([first[k] for k in keys], dtype=torch.long, device=gen.device)
-        cache = DynamicCache([(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
-                              for layer in rows.cache.layers])
-        return logits.index_select(0, idx), cache, rows.mask.index_select(0, idx)
+            return kv, logits
+        rows = [first[k] for k in keys]
+        return kv.select(rows), logits[rows]
 
-    def _advance(self, r: GenRequest, token: int, stop_ids: set[int], tokenizer: Any) -> None:
-        """Append one token to ``r``; emit new text; finish on stop/limits/deadline/cancel."""
-        if r.done:
+    def _start_dialog(self, loop: Any, gen: Any, r: TaskRequest, name: str | None) -> None:
+        try:
+            r.dialog = r.prepare(gen)
+        except APIError as exc:
+            self._fail(r, exc)
             return
-        if r.cancelled.is_set():
+        except Exception as exc:  # unreadable run files, a task that cannot be asked: this request only
+            log.exception("analysis could not start")
+            self._fail(r, APIError(500, f"analysis could not start: {type(exc).__name__}",
+                                   type="server_error", code="internal_error"))
+            return
+        r.kv = gen.rows(1, adapter_names=[name] if name is not None else None)  # reuse: on
+        self._next_task(loop, r)
+
+    def _dialog_answered(self, loop: Any, r: TaskRequest, s: Any, kv: Any) -> None:
+        """A dialog's decoded answer ended: record it, go on with its next task."""
+        if s.finish == "cancelled":
             self._close(r)
-            return
-        if time.monotonic() > r.deadline:
+        elif s.finish == "deadline":
             self._fail(r, _timeout())
-            return
-        stopped = token in stop_ids
-        if r.detok is None:
-            from convtune.inference import Detokenizer
+        else:
+            r.dialog.decoded(s)
+            r.kv, r.seq = kv, None
+            self._next_task(loop, r)
 
-            r.detok = Detokenizer(tokenizer)
-        if not stopped:
-            r.out.append(token)
-            r.detok.push(token)  # the new text from a short window: no re-decoding of the whole output
-        text = r.detok.text
-        finish = "stop" if stopped else None
-        cut = _find_stop(text, r.sampling.stop, max(0, r.sent - _longest(r.sampling.stop)))
-        if cut is not None:
-            text, finish = text[:cut], "stop"
-        elif finish is None and len(r.out) >= r.sampling.max_tokens:
-            finish = "length"
-        if finish is None:
-            # hold back what could still become a stop string, and half-decoded characters
-            safe = len(text) - max(0, _longest(r.sampling.stop) - 1)
-            while safe > r.sent and text[safe - 1] == "\ufffd":
-                safe -= 1
-            if safe > r.sent:
-                self._emit_text(r, text[r.sent : safe])
-                r.sent = safe
-            return
-        if cut is None:
-            text += r.detok.flush()  # an unfinished character at the very end, as a full decode shows it
-        self._emit_text(r, text[r.sent :], final=True)
-        r.sent = len(text)
-        self._close(r, Event("done", finish_reason=finish, prompt_tokens=len(r.prompt_ids),
-                             completion_tokens=len(r.out)))
+    def _next_task(self, loop: Any, r: TaskRequest) -> None:
+        """Ask the dialog's next tasks: label tasks are scored at once; the first task that
+        needs decoding joins the loop (its KV row comes back when it ends); the request is
+        done when every task is answered."""
+        while not r.done:
+            if self._finish_if_stale(r):
+                return
+            if not r.dialog.next():
+                self._close(r, Event("done", result=r.dialog))
+                return
+            logits = r.dialog.prefill(r.kv)
+            self.prefilled_rows += 1
+            if r.dialog.scored:
+                r.dialog.score(r.kv, logits)
+                continue
+            r.seq = r.dialog.seq(owner=r)
+            kv, r.kv = r.kv, None
+            for s, back in loop.add(kv, [r.seq], logits):  # a zero budget ends at once
+                r.dialog.decoded(s)
+                r.kv = back
+            if r.kv is None:
+                return
 
+    def _finish(self, r: GenRequest) -> None:
+        """The request's seq ended: its last text and its done event (or its error)."""
+        s = r.seq
+        if s.finish == "cancelled":
+            self._close(r)
+        elif s.finish == "deadline":
+            self._fail(r, _timeout())
+        else:
+            self._emit_text(r, s.take_text(), final=True)
+            self._close(r, Event("done", finish_reason="length" if s.finish == "length" else "stop",
+                                 prompt_tokens=len(r.prompt_ids), completion_tokens=len(s.out)))
 
     @staticmethod
     def _emit_text(r: GenRequest, piece: str, final: bool = False) -> None:
@@ -498,78 +502,6 @@ class Engine:
             piece = r.links.feed(piece) + (r.links.flush() if final else "")
         if piece:
             r.emit(Event("delta", text=piece))
-
-
-MIN_TEMPERATURE = 1e-3  # smaller temperatures decode greedily (their limit), never 0/0 in fp32
-
-
-class _Sampler:
-    """Greedy at temperature 0; otherwise temperature + top-k + nucleus (top_p) sampling with
-    the request's own seeded generator, so a seed reproduces its output whatever the batch."""
-
-    def __init__(self, s: Sampling, torch: Any):
-        self.torch = torch
-        self.s = s
-        self.gen = None
-        if s.temperature >= MIN_TEMPERATURE and s.top_k != 1:  # below it: the greedy limit (fp32-safe)
-            self.gen = torch.Generator()
-            seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-            self.gen.manual_seed(seed)
-
-    def pick(self, logits: Any, previous: list[int]) -> int:
-        torch = self.torch
-        s = self.s
-        if s.repetition_penalty != 1.0 and previous:
-            logits = logits.clone()
-            seen = torch.tensor(sorted(set(previous)), dtype=torch.long, device=logits.device)
-            vals = logits[seen]
-            logits[seen] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
-        if self.gen is None:
-            return int(logits.argmax())
-        logits = logits.float().cpu()
-        logits = (logits - logits.max()) / s.temperature  # max first: a tiny temperature gives -inf, not NaN
-        if s.top_k > 1:
-            kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
-            logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)
-        probs = torch.softmax(logits, dim=-1)
-        if s.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # always keeps the most likely token
-            sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
-            return int(order[torch.multinomial(sorted_p, 1, generator=self.gen)])
-        return int(torch.multinomial(probs, 1, generator=self.gen))
-
-
-def _merge_caches(cache_a: Any, mask_a: Any, cache_b: Any, mask_b: Any) -> tuple[Any, Any]:
-    """Stack two batches' KV caches (rows of ``b`` after rows of ``a``), left-padding the
-    narrower one with masked zero columns. Keys are stored rotated (RoPE applied at their own
-    positions), so a column's index changes nothing a token attends to."""
-    import torch
-    from transformers import DynamicCache
-
-    width = max(mask_a.shape[1], mask_b.shape[1])
-
-    def pad(t: Any, n: int) -> Any:
-        if n == 0:
-            return t
-        return torch.cat([t.new_zeros(*t.shape[:2], n, *t.shape[3:]), t], dim=2)
-
-    layers = []
-    for la, lb in zip(cache_a.layers, cache_b.layers):
-        wa, wb = width - la.keys.shape[2], width - lb.keys.shape[2]
-        layers.append((torch.cat([pad(la.keys, wa), pad(lb.keys, wb)]),
-                       torch.cat([pad(la.values, wa), pad(lb.values, wb)])))
-    masks = [torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], dim=1) for m in (mask_a, mask_b)]
-    return DynamicCache(layers), torch.cat(masks)
-
-
-def _longest(stop: tuple[str, ...]) -> int:
-    return max((len(s) for s in stop), default=0)
-
-
-def _find_stop(text: str, stop: tuple[str, ...], start: int) -> int | None:
-    found = [i for s in stop if s and (i := text.find(s, start)) >= 0]
-    return min(found) if found else None
 
 
 def _timeout() -> APIError:

@@ -544,7 +544,7 @@ def test_joiners_that_fail_free_their_slots_while_the_batch_runs_on(server):
     its admission slot back at once, not when the batch ends."""
     import time
 
-    from serve.engine import GenRequest, Sampling
+    from serve.engine import GenRequest, Sampling, TaskRequest
 
     host, engine = server.ctx.host, server.ctx.engine
     prompt = host.renderer.encode_chat([{"role": "user", "content": "Tell me about my bill."}]).input_ids
@@ -558,6 +558,11 @@ def test_joiners_that_fail_free_their_slots_while_the_batch_runs_on(server):
         GenRequest(prompt, ref, Sampling(max_tokens=8), None, time.monotonic() + 60, "acme"),  # cancelled
     ]
     failing[2].cancel()
+
+    def broken(generator):
+        raise RuntimeError("the run's files are unreadable")
+
+    failing.append(TaskRequest(ref, broken, None, time.monotonic() + 60, "acme"))  # cannot start
     errors: list = []
     for r in failing:
         r.emit = errors.append
@@ -570,13 +575,14 @@ def test_joiners_that_fail_free_their_slots_while_the_batch_runs_on(server):
         elif not errors and not seen:
             seen.append((-1, False))
             engine.submit(failing)  # they join at the next step, and fail there
-        elif len(errors) == 2 and len(seen) == 1:
+        elif len(errors) == 3 and len(seen) == 1:
             seen.append((engine.inflight, long.done))
 
     long.emit = emit
     engine.submit([long])
     assert done.wait(120)
-    assert [e.error.code for e in errors] == ["deadline_exceeded", None] and errors[1].error.status == 400
+    assert [e.error.code for e in errors] == ["deadline_exceeded", None, "internal_error"]
+    assert errors[1].error.status == 400 and errors[2].error.status == 500
     assert seen[1:] == [(1, False)], seen  # only the running request holds a slot
     until = time.monotonic() + 5
     while engine.inflight and time.monotonic() < until:
@@ -601,7 +607,7 @@ def test_cancel_and_deadline_stop_generation(server):
     gone.emit = lambda ev: (seen.append(ev), gone.cancel())  # the client leaves after the first piece
     engine.submit([gone])
     time.sleep(1.0)
-    assert gone.done and len(gone.out) < 10 and engine.inflight == 0
+    assert gone.done and len(gone.seq.out) < 10 and engine.inflight == 0
 
 
 def test_schema_fuzzing_never_gets_a_server_error(server):
@@ -762,13 +768,13 @@ def test_closing_a_stream_cancels_its_generation(server, monkeypatch):
     import time
 
     engine = server.ctx.engine
-    slow = engine._advance
+    emit = engine._emit_text
 
-    def advance(*args):  # 50 ms per token: 64 tokens would take 3.2 s
+    def slow_emit(*args, **kwargs):  # called once per decode step here: 64 tokens would take 3.2 s
         time.sleep(0.05)
-        return slow(*args)
+        return emit(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_advance", advance)
+    monkeypatch.setattr(engine, "_emit_text", slow_emit)
     body = {
         "model": "tiny-base",
         "messages": HELLO,
@@ -846,13 +852,13 @@ def test_sampler_survives_extreme_temperatures():
     """Found by schemathesis: temperature 1e-300 is 0 in fp32 and made 0/0 -> NaN -> a 500."""
     import torch
 
-    from serve.engine import Sampling, _Sampler
+    from convtune.inference.sampling import Sampler, Sampling
 
     logits = torch.randn(64) * 10
     logits[7] = float("-inf")  # a grammar-masked token
     for t in (1e-300, 1e-30, 1e-4, 1e-3, 0.7, 2.0):
-        s = _Sampler(Sampling(max_tokens=1, temperature=t, top_p=0.5, top_k=8, seed=0), torch)
-        pick = s.pick(logits.clone(), [1, 2, 3])
+        s = Sampler(Sampling(max_tokens=1, temperature=t, top_p=0.5, top_k=8, seed=0))
+        pick = int(s.pick(logits.clone(), [1, 2, 3]))
         assert 0 <= pick < 64 and pick != 7
 
 
@@ -875,3 +881,107 @@ def test_engine_and_task_answering_decode_identical_greedy_tokens(server, tiny_m
     answered = [g.text for g in Generator(model, tok).generate(prompts, 10)]
     assert served == answered
     assert len(set(answered)) > 1  # real, prompt-dependent outputs
+
+
+CALL = [
+    {"id": "m1", "speaker": "Agent", "text": "Thanks for calling Kestrel Mobile, how can I help?"},
+    {"id": "m2", "speaker": "Customer", "text": "My bill shows a roaming charge, I never left the country."},
+    {"id": "m3", "speaker": "Agent", "text": "I will remove the roaming charge and email you today."},
+]
+
+
+def test_an_analysis_decodes_in_the_running_batch_and_chat_is_answered_meanwhile(server, monkeypatch):
+    """Analyze is ordinary engine work (a TaskDialog inside the batch): a chat request sent
+    while an analysis is decoding joins that batch and is answered before the analysis ends."""
+    import time
+
+    from convtune.evaluation.generate import TaskDialog
+    from convtune.inference import Sampling, Seq
+
+    engine = server.ctx.engine
+    decoding = threading.Event()
+    first: list = []
+    real_seq = TaskDialog.seq
+
+    def long_first_answer(self, owner=None):  # the first decoded answer runs until told to end
+        if first:
+            return real_seq(self, owner)
+        first.append(Seq(self.gen, Sampling(max_tokens=100_000), owner=owner, keep_kv=True))
+        decoding.set()
+        return first[0]
+
+    monkeypatch.setattr(TaskDialog, "seq", long_first_answer)
+    result: dict = {}
+
+    def analyze():
+        result["r"] = server.client.post("/v1/conversations/analyze", headers=auth(server.acme),
+                                         json={"conversation": {"messages": CALL}})
+
+    worker = threading.Thread(target=analyze)
+    worker.start()
+    try:
+        assert decoding.wait(60)
+        joins = engine.joins
+        chat = server.client.post("/v1/chat/completions", headers=auth(server.acme),
+                                  json={"model": "tiny-base", "messages": HELLO, "max_tokens": 4})
+        assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] == 4
+        assert "r" not in result and first[0].finish is None  # the analysis is still decoding
+        assert engine.joins == joins + 1  # the chat joined the analysis's batch
+        assert len(first[0].out) > 4
+    finally:
+        if first:
+            first[0].end("length")
+        worker.join(60)
+    body = result["r"].json()
+    assert result["r"].status_code == 200, body
+    assert set(body["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
+    assert all(t["valid"] for t in body["tasks"].values())
+    until = time.monotonic() + 5
+    while engine.inflight and time.monotonic() < until:
+        time.sleep(0.01)
+    assert engine.inflight == 0
+
+
+def test_an_analysis_in_the_engine_answers_as_task_answering_does(server, tiny_model_dir):
+    """The engine's scheduler (a TaskDialog in a batch with a chat request) and answer_tasks'
+    (chained, one conversation) decode the same greedy answers for the same tasks."""
+    import time
+
+    from convtune.conversation import Conversation
+    from convtune.evaluation.evaluate import resolve_tasks
+    from convtune.evaluation.generate import Generator, TaskDialog, answer_tasks
+    import torch
+
+    from convtune.models import load_model
+    from serve.engine import GenRequest, Sampling, TaskRequest
+
+    host, engine = server.ctx.host, server.ctx.engine
+    conv = Conversation.model_validate({"id": "c1", "turns": [
+        {**m, "role": "agent" if m["speaker"] == "Agent" else "customer"} for m in CALL]})
+    tasks = resolve_tasks(None)
+    ref = host.resolve("acme", "tiny-base")
+    got: dict = {}
+    done = threading.Event()
+
+    def emit(ev):
+        got[ev.kind] = ev.result if ev.kind == "done" else ev.error
+        done.set()
+
+    req = TaskRequest(ref, lambda gen: TaskDialog(gen, host.renderer, conv, tasks), emit,
+                      time.monotonic() + 60, "acme")
+    prompt = host.renderer.encode_chat([{"role": "user", "content": "hello"}]).input_ids
+    chat = GenRequest(prompt, ref, Sampling(max_tokens=30), None, time.monotonic() + 60, "acme")
+    chat.emit = lambda ev: None
+    engine.submit([chat, req])
+    assert done.wait(120) and "done" in got, got
+    model, tok = load_model(str(tiny_model_dir), device="cpu")  # the same weights, loaded afresh
+    with torch.inference_mode():
+        expected = answer_tasks(Generator(model, tok), host.renderer, [conv], tasks, strategy="chained",
+                                batch_size=1, constrained=True)
+    assert [a.text for a in got["done"].answers] == [a.text for a in expected.answers]
+    assert [a.token_ids for a in got["done"].answers] == [a.token_ids for a in expected.answers]
+    first, *later = got["done"].answers
+    # each later prompt reuses the cached transcript (and what else it shares), as answer_tasks does
+    assert all(a.prompt_tokens - a.computed_prompt_tokens >= first.prompt_tokens // 2 for a in later)
+    assert [a.computed_prompt_tokens for a in got["done"].answers] == \
+        [a.computed_prompt_tokens for a in expected.answers]

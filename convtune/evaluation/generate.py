@@ -1,18 +1,13 @@
-"""Batched greedy generation over renderer prompts, KV-cache prefix reuse, constrained labels.
+"""Answering tasks about conversations: task answering's scheduler over the inference core.
 
 Everything here works on token ids that come from :class:`convtune.renderer.Renderer`;
-no prompt text is built in this module.
+no prompt text is built in this module. Decoding itself (KV batches with prefix reuse,
+the decode loop, sampling, repeat guards) is :mod:`convtune.inference`, shared with the
+server's engine.
 
-The engine (:class:`Rows`) keeps one KV cache for a batch of *rows* (one row per
-conversation being answered). Each row remembers the token ids it has already
-run through the model ("live" tokens). A new prompt for a row is compared with
-them: the longest common prefix is reused from the cache, cached tokens after
-it are masked out (attention mask 0; dead columns are dropped when the cache is
-re-packed before the next prefill), and only the rest is computed. Positions
-are counted over live tokens only, so a row's tokens see exactly the positions
-and keys they would see alone: left padding, masking and re-packing change
-nothing but float rounding (tests assert identical greedy token ids). While
-decoding, finished rows leave the computed batch once half of it has finished.
+Rows of a :class:`~convtune.inference.batch.KVBatch` are conversations (or prompts);
+each row remembers the tokens it has run through the model, so a new prompt for a row
+computes only what follows the longest common prefix.
 
 Two strategies answer several tasks about one conversation:
 
@@ -33,8 +28,6 @@ every picked token keeps the answer a valid prefix of the schema's JSON.
 
 from __future__ import annotations
 
-import functools
-import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,16 +36,30 @@ from typing import Any
 from convtune.conversation import Conversation
 from convtune.errors import ConfigError
 from convtune.guided import close_truncated_list
+from convtune.inference.batch import Generation, KVBatch, StepStats
+from convtune.inference.decode import (
+    LOOP_COPIES,
+    LOOP_MAX_PERIOD,
+    LOOP_MIN_PERIOD,
+    REPEAT_MIN_TOKENS,
+    loop_period,
+    repeated_span,
+    retold,
+)
+from convtune.inference.model import Generator, stop_token_ids
 from convtune.renderer import ContextChunk, Encoded, Renderer, TaskTurn
+
+__all__ = [
+    "LOOP_COPIES", "LOOP_MAX_PERIOD", "LOOP_MIN_PERIOD", "REPEAT_MIN_TOKENS", "STRATEGIES", "Answer",
+    "AnswerRun", "Generation", "Generator", "StepStats", "TaskDialog", "TaskTiming", "answer_tasks",
+    "constrainable", "label_share", "loop_period", "max_new_tokens_for", "repeated_span",
+    "resolve_constrained", "retold", "stop_token_ids",
+]
 
 STRATEGIES = ("independent", "chained")
 
 # Generation budget per task kind; a task may override with a ``max_new_tokens`` attribute.
 DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"classification": 16, "structured": 192, "text": 128}
-
-# End-of-turn tokens of common chat templates (used when present in the vocabulary).
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-
 
 def max_new_tokens_for(task: Any, overrides: Mapping[str, int] | None = None) -> int:
     """Budget for one task: ``overrides`` by task name, then by kind, then the task's
@@ -65,489 +72,6 @@ def max_new_tokens_for(task: Any, overrides: Mapping[str, int] | None = None) ->
     if own:
         return int(own)
     return DEFAULT_MAX_NEW_TOKENS.get(task.kind, DEFAULT_MAX_NEW_TOKENS["text"])
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """EOS ids of the tokenizer and generation config, plus known end-of-turn tokens."""
-    ids: set[int] = set()
-
-    def add(x: Any) -> None:
-        if x is None:
-            return
-        if isinstance(x, (list, tuple, set)):
-            for y in x:
-                add(y)
-        else:
-            ids.add(int(x))
-
-    add(tokenizer.eos_token_id)
-    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-    vocab = tokenizer.get_vocab()
-    for tok in _END_OF_TURN_TOKENS:
-        if tok in vocab:
-            ids.add(vocab[tok])
-    if not ids:
-        raise ConfigError("the tokenizer defines no end-of-sequence token; generation could not stop")
-    return ids
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-@dataclass
-class Generation:
-    """One greedy generation. ``token_ids`` includes the stop token when ``stopped``."""
-
-    token_ids: list[int]
-    text: str
-    stopped: bool
-
-
-@dataclass
-class StepStats:
-    """Work done by one prefill or decode call on a batch."""
-
-    rows: int = 0
-    computed_tokens: int = 0  # prompt tokens run through the model (after cache reuse)
-    new_tokens: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-
-class Generator:
-    """Greedy generation and label scoring for one (model, tokenizer), in eval mode, no grad."""
-
-    def __init__(self, model: Any, tokenizer: Any, *, guides: Any = None):
-        """``guides``: a :class:`convtune.guided.Guides` of this tokenizer to reuse (else built lazily)."""
-        import torch
-
-        self.torch = torch
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
-        self.stop_ids = stop_token_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else min(self.stop_ids))
-        self._check_full_attention()
-        model.eval()
-        # transformers 5.x renamed forward(past_key_values=) to cache= (the old name warns until 5.40).
-        import inspect
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        params = inspect.signature(base.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._guides: Any = guides
-        #: time.monotonic() after which prefill/decode raise TimeoutError (None: no deadline).
-        self.deadline: float | None = None
-
-    @property
-    def guides(self) -> Any:
-        """Grammar guides for this tokenizer (:mod:`convtune.guided`), built on first use."""
-        if self._guides is None:
-            from convtune.guided import Guides
-
-            vocab = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or 0))
-            self._guides = Guides(self.tokenizer, self.stop_ids, vocab)
-        return self._guides
-
-    @functools.cached_property
-    def sentence_end_ids(self) -> frozenset[int]:
-        """Token ids whose text ends a sentence or a line (``.``, ``!``, ``?``, newline)."""
-        vocab = len(self.tokenizer)
-        texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
-        return frozenset(i for i, t in enumerate(texts) if any(ch in t for ch in ".!?\n"))
-
-    def check_deadline(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise TimeoutError("generation passed its deadline")
-
-    def forward(self, **kwargs: Any) -> Any:
-        """The model's forward with the KV cache passed under this transformers version's name."""
-        kwargs[self.cache_kw] = kwargs.pop("cache")
-        return self.model(**kwargs)
-
-    def _check_full_attention(self) -> None:
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        cache = DynamicCache(config=self.model.config)
-        if any(type(layer) is not DynamicLayer for layer in cache.layers):
-            raise ConfigError(
-                "the model uses sliding-window or hybrid attention; convtune's evaluator supports "
-                "full-attention decoder models (Llama, SmolLM2, Qwen2 ...)"
-            )
-
-    def rows(self, n: int, *, reuse: bool = True, adapter_names: Sequence[str] | None = None) -> Rows:
-        """A fresh batch of ``n`` rows. ``reuse=False`` recomputes every prompt from scratch.
-        ``adapter_names``: one PEFT adapter per row (``"__base__"``: none), for mixed batches."""
-        return Rows(self, n, reuse=reuse, adapter_names=adapter_names)
-
-    def decode_text(self, ids: Sequence[int]) -> str:
-        body = list(ids)
-        if body and body[-1] in self.stop_ids:
-            body = body[:-1]
-        return self.tokenizer.decode(body, skip_special_tokens=True)
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int | Sequence[int],
-        *,
-        batch_size: int = 8,
-    ) -> list[Generation]:
-        """Greedy generations for independent prompts, batched by length (left padding)."""
-        n = len(prompts)
-        budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        order = sorted(range(n), key=lambda i: len(prompts[i]))
-        out: list[Generation | None] = [None] * n
-        for start in range(0, n, max(1, batch_size)):
-            idx = order[start:start + batch_size]
-            rows = self.rows(len(idx), reuse=False)
-            logits = rows.prefill([list(prompts[i]) for i in idx])
-            for i, g in zip(idx, rows.decode(logits, [budgets[i] for i in idx])):
-                out[i] = g
-        return out  # type: ignore[return-value]
-
-
-#: A greedy loop: the last ``LOOP_COPIES * p`` generated tokens are one cycle of ``p`` tokens
-#: (``LOOP_MIN_PERIOD <= p <= LOOP_MAX_PERIOD``) repeated back to back.
-LOOP_MIN_PERIOD = 4
-LOOP_MAX_PERIOD = 64
-LOOP_COPIES = 3
-
-
-def loop_period(ids: Sequence[int]) -> int:
-    """The shortest cycle length ``p`` that the tail of ``ids`` repeats :data:`LOOP_COPIES`
-    times back to back, or 0. Checks only the tail: integer comparisons, cheap per step."""
-    n = len(ids)
-    if n < LOOP_COPIES * LOOP_MIN_PERIOD:
-        return 0
-    last = ids[-1]
-    for p in range(LOOP_MIN_PERIOD, min(LOOP_MAX_PERIOD, n // LOOP_COPIES) + 1):
-        if all(ids[n - 1 - k * p] == last for k in range(1, LOOP_COPIES)):  # cheap filter first
-            tail = ids[n - p:]
-            if all(ids[n - (k + 1) * p:n - k * p] == tail for k in range(1, LOOP_COPIES)):
-                return p
-    return 0
-
-
-#: A repeated passage: the last ``REPEAT_MIN_TOKENS`` generated tokens already occurred, whole
-#: and not overlapping, earlier in the same answer (a summary saying a sentence again).
-REPEAT_MIN_TOKENS = 24
-
-
-def repeated_span(ids: Sequence[int], seen: dict[tuple[int, ...], int]) -> int:
-    """Length of the passage at the tail of ``ids`` that repeats an earlier one, or 0.
-
-    ``seen`` maps each window of :data:`REPEAT_MIN_TOKENS` tokens to where it first started;
-    the caller keeps one per row and calls this after every appended token (one dict lookup),
-    so the repeat is caught as soon as its first window is complete: trimming the window
-    leaves the first telling.
-    """
-    n, w = len(ids), REPEAT_MIN_TOKENS
-    if n < w:
-        return 0
-    start = n - w
-    first = seen.setdefault(tuple(ids[start:]), start)
-    return w if first + w <= start else 0  # new, or overlapping itself (a cycle: loop_period's case)
-
-
-#: A retold sentence: a finished sentence of at least ``RETELL_MIN_WORDS`` words whose word
-#: trigrams mostly (``RETELL_OVERLAP``) occur earlier in the same answer, small changes and all.
-RETELL_MIN_WORDS = 6
-RETELL_OVERLAP = 0.6
-_WORD = re.compile(r"\w+")
-
-
-def retold(earlier: str, sentence: str) -> bool:
-    """Whether ``sentence`` mostly says again what ``earlier`` (the answer so far) said."""
-    words = _WORD.findall(sentence.lower())
-    if len(words) < RETELL_MIN_WORDS:
-        return False
-    before = _WORD.findall(earlier.lower())
-    seen = {tuple(before[i:i + 3]) for i in range(len(before) - 2)}
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
-    return sum(g in seen for g in grams) >= RETELL_OVERLAP * len(grams)
-
-
-class Rows:
-    """A batch of token sequences sharing one KV cache (see the module docstring)."""
-
-    def __init__(self, gen: Generator, n: int, *, reuse: bool = True,
-                 adapter_names: Sequence[str] | None = None):
-        self.gen = gen
-        self.n = n
-        self.reuse = reuse
-        if adapter_names is not None and len(adapter_names) != n:
-            raise ValueError(f"expected {n} adapter names, got {len(adapter_names)}")
-        self.adapter_names = list(adapter_names) if adapter_names is not None else None
-        self.stats = StepStats()
-        self._reset()
-
-    def _reset(self) -> None:
-        torch = self.gen.torch
-        self.cache = None
-        self.mask = torch.zeros(self.n, 0, dtype=torch.long, device=self.gen.device)
-        self.live: list[list[int]] = [[] for _ in range(self.n)]  # token ids run through the model
-        self.cols: list[list[int]] = [[] for _ in range(self.n)]  # their cache columns
-        self.last_computed: list[int] = [0] * self.n  # tokens each row computed in the last prefill
-
-    def _forward(self, ids: Any, block_mask: Any, positions: Any, logits_to_keep: int) -> Any:
-        from transformers import DynamicCache
-
-        torch = self.gen.torch
-        if self.cache is None:
-            self.cache = DynamicCache(config=self.gen.model.config)
-        self.mask = torch.cat([self.mask, block_mask], dim=1)
-        extra = {"adapter_names": self.adapter_names} if self.adapter_names is not None else {}
-        out = self.gen.forward(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=positions,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-            **extra,
-        )
-        return out.logits
-
-    def _compact(self) -> None:
-        """Drop masked-out cache columns (old answers, divergent tails, stale padding).
-
-        Rows are re-packed left-padded to the longest live row; positions follow the
-        live tokens, so this changes what is stored, never what a token attends to.
-        Without it, dead columns pile up over a conversation and slow every decode step.
-        """
-        if self.cache is None:
-            return
-        torch = self.gen.torch
-        width = max(len(c) for c in self.cols)
-        if width == self.mask.shape[1]:
-            return
-        dev = self.gen.device
-        idx = torch.zeros(self.n, width, dtype=torch.long)
-        mask = torch.zeros(self.n, width, dtype=torch.long)
-        for r, cols in enumerate(self.cols):
-            off = width - len(cols)
-            idx[r, off:] = torch.tensor(cols, dtype=torch.long)
-            mask[r, off:] = 1
-            self.cols[r] = list(range(off, width))
-        idx, mask = idx.to(dev), mask.to(dev)
-        keep = mask[:, None, :, None].bool()
-        for layer in self.cache.layers:
-            gather = idx[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            # Padding columns are zeroed: masked, and never NaN/inf that could leak through 0 * x.
-            layer.keys = torch.where(keep, layer.keys.gather(2, gather), 0.0)
-            layer.values = torch.where(keep, layer.values.gather(2, gather), 0.0)
-        self.mask = mask
-
-    def prefill(self, prompts: Sequence[Sequence[int] | None]) -> Any:
-        """Run each row's prompt (``None``: row idle) through the model, reusing the
-        longest cached prefix. Returns next-token logits ``(n, vocab)`` (float32)."""
-        torch = self.gen.torch
-        if len(prompts) != self.n:
-            raise ValueError(f"expected {self.n} prompts, got {len(prompts)}")
-        self.gen.check_deadline()
-        t0 = time.perf_counter()
-        if not self.reuse:
-            self._reset()
-        suffixes: list[list[int]] = []
-        for r, p in enumerate(prompts):
-            if p is None:
-                suffixes.append([])
-                continue
-            if not p:
-                raise ValueError("empty prompt")
-            keep = min(_common_prefix(self.live[r], p), len(p) - 1)  # >= 1 token to get logits
-            if keep < len(self.live[r]):
-                self.mask[r, self.cols[r][keep:]] = 0
-                del self.live[r][keep:], self.cols[r][keep:]
-            suffixes.append(list(p[keep:]))
-        self._compact()
-        width = max(len(s) for s in suffixes)
-        if width == 0:
-            raise ValueError("every row is idle")
-        base = self.mask.shape[1]
-        ids = torch.full((self.n, width), self.gen.pad_id, dtype=torch.long)
-        block = torch.zeros((self.n, width), dtype=torch.long)
-        pos = torch.zeros((self.n, width), dtype=torch.long)
-        for r, s in enumerate(suffixes):
-            if not s:
-                continue
-            off = width - len(s)  # left padding inside the block
-            ids[r, off:] = torch.tensor(s)
-            block[r, off:] = 1
-            pos[r, off:] = torch.arange(len(self.live[r]), len(self.live[r]) + len(s))
-            self.live[r].extend(s)
-            self.cols[r].extend(range(base + off, base + width))
-        dev = self.gen.device
-        logits = self._forward(ids.to(dev), block.to(dev), pos.to(dev), logits_to_keep=1)
-        self.last_computed = [len(s) for s in suffixes]
-        self.stats.rows += sum(p is not None for p in prompts)
-        self.stats.computed_tokens += sum(len(s) for s in suffixes)
-        self.stats.prefill_seconds += time.perf_counter() - t0
-        return logits[:, -1, :].float()
-
-    def decode(self, logits: Any, max_new_tokens: Sequence[int],
-               active: Sequence[bool] | None = None,
-               guides: Sequence[Any | None] | None = None) -> list[Generation | None]:
-        """Greedy decoding from the logits ``prefill`` returned. Rows stop at a stop token or
-        their budget; inactive rows return ``None``. ``guides[r]`` (a :class:`convtune.guided.Guide`)
-        restricts row ``r`` to tokens that keep its answer valid for a JSON schema.
-
-        An unguided row whose last tokens repeat one cycle :data:`LOOP_COPIES` times
-        (:func:`loop_period`) has fallen into a greedy loop, and one that says a passage of
-        :data:`REPEAT_MIN_TOKENS`+ tokens again (:func:`repeated_span`) or ends a sentence that
-        retells an earlier one (:func:`retold`) is going round: it stops there (``stopped``
-        False) with the repeats trimmed, one telling kept. Other rows are unaffected.
-
-        When half the rows of the computed batch have finished, the batch shrinks to the
-        running rows (a copy of their cache), so one long answer does not make every
-        finished row pay for its steps; the rows are merged back at the end.
-        """
-        from transformers import DynamicCache
-
-        from convtune.guided import mask_rows_
-
-        torch = self.gen.torch
-        t0 = time.perf_counter()
-        active = list(active) if active is not None else [True] * self.n
-        done = [not a or m <= 0 for a, m in zip(active, max_new_tokens)]
-        out: list[list[int]] = [[] for _ in range(self.n)]
-        stopped = [False] * self.n
-        dev = self.gen.device
-        group = list(range(self.n))  # rows of the batch being computed, in cache order
-        cache, mask = self.cache, self.mask
-        parents: list[tuple[Any, Any, list[int]]] = []
-        guides = list(guides) if guides is not None else [None] * self.n
-        seen: list[dict[tuple[int, ...], int]] = [{} for _ in range(self.n)]  # for repeated_span
-        sentence = [0] * self.n  # where each row's current sentence began in out[r]
-        ends = self.gen.sentence_end_ids
-        while True:
-            self.gen.check_deadline()
-            mask_rows_(logits, [guides[r] if not done[r] else None for r in group])
-            nxt = logits.argmax(dim=-1).tolist()
-            for g, r in enumerate(group):
-                if done[r]:
-                    continue
-                if guides[r] is not None:
-                    guides[r].advance(nxt[g])
-                out[r].append(nxt[g])
-                if nxt[g] in self.gen.stop_ids:
-                    done[r] = stopped[r] = True
-                elif guides[r] is None and (cycle := loop_period(out[r])):
-                    del out[r][len(out[r]) - (LOOP_COPIES - 1) * cycle:]  # keep one copy of the cycle
-                    done[r] = True
-                elif guides[r] is None and (again := repeated_span(out[r], seen[r])):
-                    del out[r][len(out[r]) - again:]  # the first telling stays
-                    done[r] = True
-                elif guides[r] is None and nxt[g] in ends:
-                    said, now = out[r][:sentence[r]], out[r][sentence[r]:]
-                    if retold(self.gen.decode_text(said), self.gen.decode_text(now)):
-                        del out[r][sentence[r]:]
-                        done[r] = True
-                    sentence[r] = len(out[r])
-                elif len(out[r]) >= max_new_tokens[r]:
-                    done[r] = True
-            running = [g for g, r in enumerate(group) if not done[r]]
-            if not running:
-                break
-            if len(group) > 1 and len(running) <= len(group) // 2:
-                parents.append((cache, mask, group))
-                idx = torch.tensor(running, dtype=torch.long, device=dev)
-                cache = DynamicCache([(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
-                                      for layer in cache.layers])
-                mask = mask.index_select(0, idx)
-                nxt = [nxt[g] for g in running]
-                group = [group[g] for g in running]
-            base = mask.shape[1]
-            k = len(group)
-            ids = torch.full((k, 1), self.gen.pad_id, dtype=torch.long)
-            block = torch.zeros((k, 1), dtype=torch.long)
-            pos = torch.zeros((k, 1), dtype=torch.long)
-            for g, r in enumerate(group):
-                if done[r]:
-                    continue
-                ids[g, 0] = nxt[g]
-                block[g, 0] = 1
-                pos[g, 0] = len(self.live[r])
-                self.live[r].append(nxt[g])
-                self.cols[r].append(base)
-            mask = torch.cat([mask, block.to(dev)], dim=1)
-            logits = self.gen.forward(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                                      cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        # Merge shrunk batches back into their parents (dead columns are padded with mask 0).
-        while parents:
-            p_cache, p_mask, p_group = parents.pop()
-            extra = mask.shape[1] - p_mask.shape[1]
-            where = torch.tensor([p_group.index(r) for r in group], dtype=torch.long, device=dev)
-            layers = []
-            for parent, child in zip(p_cache.layers, cache.layers):
-                merged = []
-                for pt, ct in ((parent.keys, child.keys), (parent.values, child.values)):
-                    t = torch.cat([pt, pt.new_zeros(pt.shape[0], pt.shape[1], extra, pt.shape[3])], dim=2)
-                    t[where] = ct
-                    merged.append(t)
-                layers.append(tuple(merged))
-            cache = DynamicCache(layers)
-            p_mask = torch.cat([p_mask, p_mask.new_zeros(p_mask.shape[0], extra)], dim=1)
-            p_mask[where] = mask
-            mask, group = p_mask, p_group
-        self.cache, self.mask = cache, mask
-        self.stats.new_tokens += sum(len(o) for o in out)
-        self.stats.decode_seconds += time.perf_counter() - t0
-        return [
-            Generation(out[r], self.gen.decode_text(out[r]), stopped[r]) if active[r] else None
-            for r in range(self.n)
-        ]
-
-    def score(self, row: int, logits: Any, candidates: Sequence[Sequence[int]], *,
-              chunk: int = 8) -> list[float]:
-        """Log-likelihood of each candidate continuation of ``row``'s last prompt.
-
-        ``logits`` are the row's next-token logits from :meth:`prefill`. The row's live
-        cache is copied once per chunk of candidates; the batch state is left unchanged.
-        """
-        from transformers import DynamicCache
-
-        torch = self.gen.torch
-        t0 = time.perf_counter()
-        first = torch.log_softmax(logits.float(), dim=-1)
-        scores = [float(first[c[0]]) for c in candidates]
-        rest = [i for i, c in enumerate(candidates) if len(c) > 1]
-        if rest:
-            dev = self.gen.device
-            cols = torch.tensor(self.cols[row], dtype=torch.long, device=dev)
-            n_live = len(self.cols[row])
-            kv = [(layer.keys[row:row + 1].index_select(2, cols),
-                   layer.values[row:row + 1].index_select(2, cols)) for layer in self.cache.layers]
-            for start in range(0, len(rest), chunk):
-                idx = rest[start:start + chunk]
-                k = len(idx)
-                width = max(len(candidates[i]) - 1 for i in idx)
-                ids = torch.full((k, width), self.gen.pad_id, dtype=torch.long)
-                block = torch.zeros((k, width), dtype=torch.long)
-                for j, i in enumerate(idx):
-                    feed = candidates[i][:-1]
-                    ids[j, : len(feed)] = torch.tensor(feed)  # right padding: never seen by real tokens
-                    block[j, : len(feed)] = 1
-                pos = torch.arange(n_live, n_live + width).unsqueeze(0).expand(k, -1)
-                cache = DynamicCache([(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in kv])
-                mask = torch.cat([torch.ones(k, n_live, dtype=torch.long, device=dev), block.to(dev)], dim=1)
-                out = self.gen.forward(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                                       cache=cache, use_cache=True)
-                logp = torch.log_softmax(out.logits.float(), dim=-1)
-                for j, i in enumerate(idx):
-                    target = torch.tensor(candidates[i][1:], device=dev)
-                    steps = torch.arange(len(target), device=dev)
-                    scores[i] += float(logp[j, steps, target].sum())
-        self.stats.decode_seconds += time.perf_counter() - t0
-        return scores
 
 
 # ---- answering tasks about conversations -------------------------------------------
@@ -737,7 +261,7 @@ def answer_tasks(
     def asked(conv: Conversation, task: Any) -> bool:
         return not only_labelled or task.has_label(conv)
 
-    def run_step(rows: Rows, task: Any, items: list[tuple[int, Any] | None]) -> list[Answer | None]:
+    def run_step(rows: KVBatch, task: Any, items: list[tuple[int, Any] | None]) -> list[Answer | None]:
         """Prefill + decode (or score) one task for the rows; ``items[r] = (conv index, Encoded)``."""
         before = StepStats(**vars(rows.stats))
         t0 = time.perf_counter()
@@ -838,3 +362,122 @@ def answer_tasks(
         batch_size=batch_size, n_conversations=len(conversations),
         extra={"constrained_tasks": sorted(constrained_names), "max_new_tokens": budgets},
     )
+
+
+class TaskDialog:
+    """One conversation's tasks asked one after another in one chat (the chained strategy),
+    a prompt at a time, for a scheduler that decodes it among other work: the server's engine
+    answers an analyze request as one dialog inside its running batch, so chat requests are
+    answered while it runs. Each prompt extends the previous one (the transcript, the earlier
+    questions and the model's own answers), so the dialog's KV row reuses its cached prefix.
+
+    The scheduler's part::
+
+        kv = generator.rows(1)
+        while dialog.next():
+            logits = dialog.prefill(kv)
+            if dialog.scored:                 # a label task: scored at once
+                dialog.score(kv, logits)
+            else:                             # decoded in the batch; its KV row comes back
+                seq = dialog.seq(owner)       # ... loop.add(kv, [seq], logits) ... loop.step()
+                dialog.decoded(seq)           #     -> (seq, kv) when it ends
+        dialog.run()                          # the answers, as answer_tasks gives them
+
+    The answers equal ``answer_tasks(..., strategy="chained", batch_size=1)``'s for the same
+    arguments (greedy), up to the float rounding of batched matmuls. No tasks: nothing to ask.
+    """
+
+    def __init__(self, generator: Generator, renderer: Renderer, conversation: Conversation,
+                 tasks: Sequence[Any], *, constrained: bool | str | Collection[str] | None = True,
+                 max_new_tokens: Mapping[str, int] | None = None,
+                 context: Sequence[ContextChunk] = ()):
+        self.gen = generator
+        self.renderer = renderer
+        self.conv = conversation
+        self.tasks = list(tasks)
+        self.context = tuple(context)
+        self.constrained = resolve_constrained(tasks, constrained)
+        self.budgets = {t.name: max_new_tokens_for(t, max_new_tokens) for t in tasks}
+        self._candidates = _Candidates(renderer, generator.stop_ids)
+        self.answers: list[Answer] = []
+        self._answered: list[TaskTurn] = []
+        self._prompt: Encoded | None = None
+        self._computed = 0
+        self._t0 = self._started = time.perf_counter()
+
+    @property
+    def task(self) -> Any:
+        return self.tasks[len(self.answers)]
+
+    @property
+    def scored(self) -> bool:
+        """The current task is answered by scoring its labels (no decoding)."""
+        return self.task.name in self.constrained and bool(self.task.labels)
+
+    def next(self) -> bool:
+        """Move to the next unanswered task; False when every task is answered."""
+        if len(self.answers) == len(self.tasks):
+            return False
+        self._prompt = self.renderer.prompt(self.conv, self.task.instruction, answered=self._answered,
+                                            context=self.context)
+        self._t0 = time.perf_counter()
+        return True
+
+    def prefill(self, kv: KVBatch) -> Any:
+        """Run the current prompt on ``kv`` (one row), reusing its cached prefix; its logits."""
+        assert self._prompt is not None
+        logits = kv.prefill([self._prompt.input_ids])
+        self._computed = kv.last_computed[0]
+        return logits
+
+    def score(self, kv: KVBatch, logits: Any) -> Answer:
+        """Answer the current label task by its labels' log-likelihoods."""
+        labels, texts, ids = self._candidates.get(self.task, self.conv)
+        s = kv.score(0, logits[0], ids)
+        best = max(range(len(labels)), key=lambda i: s[i])
+        scores = {str(lab): sc for lab, sc in zip(labels, s)}
+        return self._record(Generation(list(ids[best]), texts[best], stopped=True), scores)
+
+    def seq(self, owner: Any = None) -> Any:
+        """The current task's answer to decode (greedy, guided by its schema when constrained)."""
+        from convtune.inference import Sampling, Seq
+
+        task = self.task
+        schema = task.output_schema() if task.name in self.constrained else None
+        guide = self.gen.guides.guide(schema) if schema is not None else None
+        return Seq(self.gen, Sampling(max_tokens=self.budgets[task.name], stop_repeats=True), guide=guide,
+                   owner=owner, keep_kv=True)
+
+    def decoded(self, seq: Any) -> Answer:
+        """Record the decoded answer of the current task."""
+        g = Generation(seq.token_ids, seq.text, seq.stopped)
+        schema = self.task.output_schema() if self.task.name in self.constrained else None
+        if schema is not None and schema.get("type") == "array" and not g.stopped:
+            g.text = close_truncated_list(g.text) or g.text  # out of budget mid-list: the finished items
+        return self._record(g, None)
+
+    def _record(self, g: Generation, scores: dict[str, float] | None) -> Answer:
+        assert self._prompt is not None
+        task = self.task
+        answer = Answer(
+            conversation_id=self.conv.id, task=task.name, text=g.text, token_ids=g.token_ids,
+            stopped=g.stopped, constrained=task.name in self.constrained,
+            prompt_tokens=len(self._prompt.input_ids), computed_prompt_tokens=self._computed,
+            seconds=time.perf_counter() - self._t0, label_scores=scores,
+            confidence=label_share(scores, g.text) if scores else None,
+        )
+        self.answers.append(answer)
+        self._answered.append(TaskTurn(task.instruction, g.text.strip()))
+        return answer
+
+    def run(self) -> AnswerRun:
+        """The answers so far as an :class:`AnswerRun` (every task's, once :meth:`next` is False)."""
+        timings = {t.name: TaskTiming(t.name) for t in self.tasks}
+        for a in self.answers:
+            t = timings[a.task]
+            t.n, t.seconds, t.new_tokens = 1, a.seconds, len(a.token_ids)
+            t.prompt_tokens, t.computed_prompt_tokens = a.prompt_tokens, a.computed_prompt_tokens
+        return AnswerRun(
+            answers=list(self.answers), timings=timings, seconds=time.perf_counter() - self._started,
+            strategy="chained", reuse_cache=True, batch_size=1, n_conversations=1,
+            extra={"constrained_tasks": sorted(self.constrained), "max_new_tokens": self.budgets})

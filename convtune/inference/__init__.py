@@ -1,11 +1,23 @@
-"""The inference core shared by the server's engine and task answering (grows here piece by piece).
+"""The inference core: everything that decodes, shared by the server's engine and task answering.
 
-* :class:`~convtune.inference.detokenize.Detokenizer`: incremental detokenization, each
-  token's new text from a short window instead of re-decoding the whole output.
+Imports nothing from ``serve`` or ``convtune.evaluation``; both schedule work over it.
+
+* :class:`~convtune.inference.model.Generator`: a (model, tokenizer) ready to decode.
+* :class:`~convtune.inference.batch.KVBatch`: rows sharing one KV cache (prefill with prefix
+  reuse, select, join, one decode step, label scoring).
+* :class:`~convtune.inference.decode.DecodeLoop` and :class:`~convtune.inference.decode.Seq`:
+  the one decode loop and one answer's state (stop tokens and strings, budgets, repeat
+  guards, streamed text with hold-back).
+* :mod:`~convtune.inference.sampling`: decoding settings and the batched sampler.
+* :class:`~convtune.inference.detokenize.Detokenizer`: incremental detokenization.
 * :mod:`~convtune.inference.quantize`: the fast CPU path, 4-/8-bit weight-only linear
   layers that PEFT still wraps (``quantize_for_cpu``).
 """
 
+from convtune.inference.batch import Generation, KVBatch
+from convtune.inference.decode import DecodeLoop, Seq
 from convtune.inference.detokenize import Detokenizer
+from convtune.inference.model import Generator
+from convtune.inference.sampling import Sampler, Sampling
 
-__all__ = ["Detokenizer"]
+__all__ = ["DecodeLoop", "Detokenizer", "Generation", "Generator", "KVBatch", "Sampler", "Sampling", "Seq"]

@@ -27,16 +27,40 @@ def answer_with_predictors(generator: Any, renderer: Any, conversations: Sequenc
     """Like ``answer_tasks`` (same arguments), with label tasks answered by ``predictors``."""
     if predictors is None:
         return answer_tasks(generator, renderer, conversations, tasks, **kwargs)
-    only_labelled = kwargs.get("only_labelled", False)
-    lm_tasks = [t for t in tasks if predictors.needs_lm(t)]
+    lm_tasks = lm_tasks_of(tasks, predictors)
     t0 = time.perf_counter()
     if lm_tasks:
         run = answer_tasks(generator, renderer, conversations, lm_tasks, **kwargs)
     else:
-        run = AnswerRun(answers=[], timings={}, seconds=0.0, strategy=kwargs.get("strategy", "chained"),
-                        reuse_cache=bool(kwargs.get("reuse_cache")), batch_size=kwargs.get("batch_size", 8),
-                        n_conversations=len(conversations),
-                        extra={"constrained_tasks": [], "max_new_tokens": {}})
+        run = no_lm_answers(len(conversations), strategy=kwargs.get("strategy", "chained"),
+                            reuse_cache=bool(kwargs.get("reuse_cache")),
+                            batch_size=kwargs.get("batch_size", 8))
+    return apply_predictors(run, conversations, tasks, predictors,
+                            only_labelled=kwargs.get("only_labelled", False), started=t0)
+
+
+def no_lm_answers(n_conversations: int, *, strategy: str = "chained", reuse_cache: bool = True,
+                  batch_size: int = 1) -> AnswerRun:
+    """The LM's run when no task needs the LM (every one answered by a head or k-NN)."""
+    return AnswerRun(answers=[], timings={}, seconds=0.0, strategy=strategy, reuse_cache=reuse_cache,
+                     batch_size=batch_size, n_conversations=n_conversations,
+                     extra={"constrained_tasks": [], "max_new_tokens": {}})
+
+
+def lm_tasks_of(tasks: Sequence[Any], predictors: RunPredictors | None) -> list[Any]:
+    """The tasks the LM must be asked (the others are answered by a head or k-NN alone)."""
+    return list(tasks) if predictors is None else [t for t in tasks if predictors.needs_lm(t)]
+
+
+def apply_predictors(run: AnswerRun, conversations: Sequence[Conversation], tasks: Sequence[Any],
+                     predictors: RunPredictors | None, *, only_labelled: bool = False,
+                     started: float | None = None) -> AnswerRun:
+    """Every task's answer: the LM's answers in ``run`` (asked the :func:`lm_tasks_of` tasks),
+    with label tasks answered by their recorded predictors, in (conversation, task) order."""
+    if predictors is None:
+        return run
+    t0 = time.perf_counter() - run.seconds if started is None else started
+    lm_tasks = lm_tasks_of(tasks, predictors)
     by_key = {(a.conversation_id, a.task): a for a in run.answers}
     for task in tasks:
         if not predictors.task_fields(task):

@@ -3,8 +3,9 @@
 The conversation is PII-redacted first; the deterministic talk-time analytics
 come from its timestamps (no model). The tasks are asked one after another in
 one chat (the renderer's chained layout, transcript encoded once, KV cache
-reused across answers), on the engine thread as one exclusive job that stops
-at the request's deadline. Classification tasks are constrained to their
+reused across answers) as one engine request (a ``TaskDialog`` decoded inside
+the running batch, so chat is answered while an analysis runs; it ends at the
+request's deadline). Classification tasks are constrained to their
 labels (confidence = the label's softmax share over the label set) and
 structured tasks are decoded guided by their JSON schema, so every output
 parses into its typed shape. A tuned run's label tasks are answered by the
@@ -25,9 +26,11 @@ from fastapi import APIRouter, Request
 
 from convtune.attribution import evidence, split_sentences
 from convtune.errors import ConfigError
+from convtune.evaluation.generate import TaskDialog
+from convtune.predictors.answer import apply_predictors, lm_tasks_of
 from convtune.renderer import TaskTurn
-from serve.bridge import ctx_of, keep_generation, resolve_model, tenant_of
-from serve.errors import APIError, invalid
+from serve.bridge import answer_dialog, ctx_of, keep_generation, resolve_model, tenant_of
+from serve.errors import invalid
 from serve.protocol import AnalyzeRequest
 
 router = APIRouter(tags=["analytics"])
@@ -102,46 +105,27 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         raise invalid("tasks", f"tasks: {exc}") from None
     customer = [t.id for t in conv.turns if t.role.value == "customer"] or [conv.turns[0].id]
 
-    deadline = time.monotonic() + ctx.settings.request_timeout_s
+    state: dict[str, Any] = {}
 
-    def job() -> Any:
-        import torch
-
-        from convtune.predictors.answer import answer_with_predictors
-
-        context = predictors = None
+    def prepare(generator: Any) -> TaskDialog:  # on the engine thread: adapter state is read here
+        context, predictors = (), None
         if ref.adapter_key is not None:
-            host.ensure([ref])
             from embeddings.fewshot import run_context
 
             adapter = host.adapter(ref.adapter_key)
             predictors = adapter.predictors
-            context = run_context(ref.path, adapter.few_shot, [conv], tasks, encoder=ctx.get_encoder())
-        renderer = host.renderer_for(ref)  # adapter state: read here, on the engine thread
-        with host.active(ref) as model, torch.inference_mode():
-            generator = engine.generator(model)
-            generator.deadline = deadline  # the job stops at the request's deadline, freeing the engine
-            try:
-                return renderer, answer_with_predictors(
-                    generator,
-                    renderer,
-                    [conv],
-                    tasks,
-                    predictors,
-                    strategy="chained",
-                    batch_size=1,
-                    constrained=True,  # labels scored, structured answers schema-guided: always valid
-                    context=context,
-                )
-            finally:
-                generator.deadline = None
+            found = run_context(ref.path, adapter.few_shot, [conv], tasks, encoder=ctx.get_encoder())
+            context = (found or {}).get(conv.id, ())  # None: the run retrieves no examples
+        state["renderer"], state["predictors"] = host.renderer_for(ref), predictors
+        # the tasks a head or k-NN answers alone are not asked of the LM; labels are scored and
+        # structured answers schema-guided, so every output is valid
+        return TaskDialog(generator, state["renderer"], conv, lm_tasks_of(tasks, predictors),
+                          constrained=True, context=context)
 
     started = time.perf_counter()
-    try:
-        renderer, run = await asyncio.wait_for(asyncio.wrap_future(engine.run_job(job)),
-                                               ctx.settings.request_timeout_s)
-    except (asyncio.TimeoutError, TimeoutError):
-        raise APIError(504, "analysis did not finish before its deadline", code="deadline_exceeded") from None
+    dialog = await answer_dialog(request, ref, prepare)  # decoded in the engine's running batch
+    renderer = state["renderer"]
+    run = await asyncio.to_thread(apply_predictors, dialog.run(), [conv], tasks, state["predictors"])
     results: dict[str, Any] = {}
     prompt_tokens = completion_tokens = 0
     for task, answer in zip(tasks, run.answers, strict=True):
