@@ -151,6 +151,33 @@ def test_fast_cpu_mode_keeps_adapters_loadable(tiny_model_dir, tmp_path, scheme)
     assert any(isinstance(m, QuantLinear) for m in peft.modules())
 
 
+def test_fast_cpu_packs_a_loaded_runs_base_layers_and_keeps_lora_float(tiny_model_dir, tmp_path):
+    """``convtune evaluate --fast-cpu`` quantises a run loaded with its adapter: only the base
+    layers are packed; LoRA's A/B matrices stay float and the adapter still changes the output."""
+    import torch
+    from peft import PeftModel
+
+    from convtune.inference.quantize import QuantLinear, quantize_for_cpu
+    from convtune.models import load_model
+
+    run = make_run(tiny_model_dir, tmp_path / "run", seed=5)
+    model, _ = load_model(str(tiny_model_dir), device="cpu")
+    peft = PeftModel.from_pretrained(model, run / "adapter").eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        exact = peft(ids).logits
+    quantize_for_cpu(peft)
+    lora = [m for n, m in peft.named_modules() if ".lora_A." in n or ".lora_B." in n]
+    assert lora and all(type(m) is torch.nn.Linear for m in lora)
+    assert sum(isinstance(m, QuantLinear) for m in peft.modules()) >= 7
+    with torch.no_grad():
+        fast = peft(ids).logits
+        with peft.disable_adapter():
+            base = peft(ids).logits
+    assert torch.corrcoef(torch.stack([fast.flatten(), exact.flatten()]))[0, 1] > 0.95
+    assert not torch.allclose(base, fast)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quant_linear_multiplies_by_its_rounded_weight(bits):
     """The packed kernels compute x @ dequantised(W).T (+ bias): the layout is right."""

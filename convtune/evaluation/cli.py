@@ -73,6 +73,8 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_budget, action="append", metavar="TASK_OR_KIND=N",
                    help="generation budget override, e.g. summary=96 or structured=256 (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--fast-cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="on CPU, decode with the server's 4-bit fast path (convtune serve's default)")
     p.add_argument("--threads", type=_positive, metavar="N",
                    help="CPU threads for torch (default: torch's choice; 1 is steadier on busy shared CPUs)")
     p.add_argument("--no-chart", dest="chart", action="store_false", help="skip metrics.png")
@@ -185,7 +187,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    loaded = load_for_eval(args.run if args.run is not None else args.model, device=args.device)
+    loaded = load_for_eval(args.run if args.run is not None else args.model, device=args.device,
+                           fast_cpu=args.fast_cpu)
     tasks = resolve_tasks(args.tasks, run_dir=loaded.run_dir, default=loaded.task_names)
     settings = dict(batch_size=args.batch_size, strategy=args.strategy, reuse_cache=args.reuse_cache,
                     constrained=args.constrained, max_new_tokens=budgets, progress=progress)
@@ -208,6 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "model": args.model,
         "n_conversations": len(convs),
         "tasks": [t.name for t in tasks],
+        "fast_cpu": args.fast_cpu,
     }
     paths = write_report(out, base, tuned, extra=extra, chart=args.chart, baselines=cheap)
     print(comparison.format_table())

@@ -73,8 +73,19 @@ def _run_base_ref(run_dir: Path) -> str | None:
     return None
 
 
-def load_for_eval(ref: str | Path, *, device: str = "auto") -> LoadedModel:
-    """Load a base model (name/folder/hub id) or a training run directory."""
+def load_for_eval(ref: str | Path, *, device: str = "auto", fast_cpu: bool = False) -> LoadedModel:
+    """Load a base model (name/folder/hub id) or a training run directory. ``fast_cpu``: on
+    CPU, decode with the server's fast path (4-bit weights, 8-bit head; LoRA unmerged on top:
+    :func:`convtune.inference.quantize.quantize_for_cpu`), so evaluation measures what is served."""
+    loaded = _load_for_eval(ref, device=device)
+    if fast_cpu:
+        from convtune.inference.quantize import quantize_for_cpu
+
+        quantize_for_cpu(loaded.model)
+    return loaded
+
+
+def _load_for_eval(ref: str | Path, *, device: str) -> LoadedModel:
     if is_run_dir(ref):
         try:
             from convtune.training import load_run

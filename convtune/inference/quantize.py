@@ -103,7 +103,8 @@ class QuantLinear(torch.nn.Linear):
 def quantize_for_cpu(model: Any, scheme: Scheme = "int4") -> Any:
     """Swap ``model``'s linear layers for :class:`QuantLinear`, in place: transformer layers
     at the scheme's bits, the output head at 8 bits. A model not on CPU is returned as is
-    (CUDA keeps its bf16 weights)."""
+    (CUDA keeps its bf16 weights). In a PEFT model only the base layers are packed: LoRA's own
+    matrices stay float and run unmerged on top."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown CPU weight scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     first = next(model.parameters(), None)
@@ -112,9 +113,11 @@ def quantize_for_cpu(model: Any, scheme: Scheme = "int4") -> Any:
     bits = 4 if scheme == "int4" else 8
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     swaps = []
-    for module in model.modules():
+    for qualified, module in model.named_modules():
+        if ".lora_" in f".{qualified}":  # lora_A / lora_B of a PEFT layer
+            continue
         for name, child in module.named_children():
-            if type(child) is torch.nn.Linear:
+            if type(child) is torch.nn.Linear and not name.startswith("lora_"):
                 swaps.append((module, name, child, 8 if child is head else bits))
     for parent, name, child, child_bits in swaps:
         setattr(parent, name, QuantLinear.from_linear(child, child_bits))
