@@ -7,10 +7,10 @@ Request path::
                            v  (waiting batch_wait_ms for more), load their adapters
                         prefill together (left padding, one KV cache, PEFT mixed adapters)
                            v
-                        decode step by step; each row samples with its own
-                        temperature/top_p/seed (among the tokens its JSON schema
-                        allows, if any), stops on an end-of-turn token, a stop
-                        string, max_tokens, its deadline or a cancel (client gone)
+                        decode step by step on convtune.inference.DecodeLoop; each
+                        row samples with its own temperature/top_p/seed (among the
+                        tokens its JSON schema allows, if any), stops on an end-of-turn
+                        token, a stop string, max_tokens, its deadline or a cancel
                            v
                         events -> the request's callback (the route bridges them
                         into its asyncio loop)
@@ -19,9 +19,12 @@ Finished rows leave the batch (their cache rows are dropped), so a long answer
 does not make short ones pay, and queued requests join a running batch between
 decode steps (continuous batching: prefilled on their own, their cache rows
 merged in), so a request arriving mid-batch does not wait for it to finish.
-Work that needs the model exclusively (call analytics' chained tasks, which
-reuse one KV cache across several answers) is queued as a job and runs between
-batches on the same thread; while one waits, nothing joins the running batch.
+An analysis (``TaskRequest``: call analytics' chained tasks) is a row like any
+other: its label tasks are scored when it joins or when its previous answer ends,
+its other answers decode in the batch, and its KV row is kept between tasks so each
+prompt computes only what is new; chat requests are answered while it runs. Work
+that needs the model exclusively (best-of reward scoring) is queued as a job and runs
+between batches on the same thread; while one waits, nothing joins the running batch.
 
 Greedy decoding is deterministic and independent of what else is in the batch
 up to float rounding of padded matmuls; ``tests/test_serve.py`` checks
