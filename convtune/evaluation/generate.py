@@ -174,6 +174,36 @@ class _Candidates:
         return self._cache[task.name]
 
 
+def _score_labels(rows: KVBatch, row: int, logits: Any, labels: Sequence[Any], texts: Sequence[str],
+                  ids: Sequence[Sequence[int]]) -> tuple[Generation, dict[str, float]]:
+    """The best-scoring label's answer for ``row`` and every label's log-likelihood."""
+    s = rows.score(row, logits, ids)
+    best = max(range(len(labels)), key=lambda i: s[i])
+    scores = {str(lab): sc for lab, sc in zip(labels, s)}
+    return Generation(list(ids[best]), texts[best], stopped=True), scores
+
+
+def _guided_schema(task: Any, constrained: Collection[str]) -> dict[str, Any] | None:
+    """The JSON schema a constrained, unlabelled task's answer is decoded under (None: free)."""
+    return task.output_schema() if task.name in constrained and not task.labels else None
+
+
+def _close_list(g: Generation, schema: dict[str, Any] | None) -> Generation:
+    """A guided list answer out of budget mid-list keeps the items the model finished."""
+    if schema is not None and schema.get("type") == "array" and not g.stopped:
+        g.text = close_truncated_list(g.text) or g.text
+    return g
+
+
+def _answer(conv: Conversation, task: Any, g: Generation, *, constrained: bool, prompt_tokens: int,
+            computed: int, seconds: float, scores: dict[str, float] | None) -> Answer:
+    return Answer(
+        conversation_id=conv.id, task=task.name, text=g.text, token_ids=g.token_ids, stopped=g.stopped,
+        constrained=constrained, prompt_tokens=prompt_tokens, computed_prompt_tokens=computed,
+        seconds=seconds, label_scores=scores, confidence=label_share(scores, g.text) if scores else None,
+    )
+
+
 def label_share(scores: Mapping[str, float], chosen: str) -> float:
     """The chosen label's softmax share over the scored labels (its confidence)."""
     import math
@@ -274,21 +304,15 @@ def answer_tasks(
             for r, it in enumerate(items):
                 if it is None:
                     continue
-                labels, texts, ids = candidates.get(task, conversations[it[0]])
-                s = rows.score(r, logits[r], ids)
-                best = max(range(len(labels)), key=lambda i: s[i])
-                gens[r] = Generation(list(ids[best]), texts[best], stopped=True)
-                label_scores[r] = {str(lab): sc for lab, sc in zip(labels, s)}
+                gens[r], label_scores[r] = _score_labels(rows, r, logits[r],
+                                                         *candidates.get(task, conversations[it[0]]))
         else:
-            schema = task.output_schema() if is_constrained else None
+            schema = _guided_schema(task, constrained_names)
             guides = [None if it is None or schema is None else generator.guides.guide(schema)
                       for it in items]
-            gens = rows.decode(logits, [budgets[task.name]] * len(items),
-                               active=[it is not None for it in items], guides=guides)
-            if schema is not None and schema.get("type") == "array":
-                for g in gens:  # out of budget mid-list: keep the items the model finished
-                    if g is not None and not g.stopped:
-                        g.text = close_truncated_list(g.text) or g.text
+            gens = [None if g is None else _close_list(g, schema)
+                    for g in rows.decode(logits, [budgets[task.name]] * len(items),
+                                         active=[it is not None for it in items], guides=guides)]
             label_scores = [None] * len(items)
         elapsed = time.perf_counter() - t0
         step = StepStats(
@@ -307,13 +331,9 @@ def answer_tasks(
         for r, it in enumerate(items):
             if it is None:
                 continue
-            g = gens[r]
-            answers[r] = Answer(
-                conversation_id=conversations[it[0]].id, task=task.name, text=g.text, token_ids=g.token_ids,
-                stopped=g.stopped, constrained=is_constrained, prompt_tokens=len(it[1].input_ids),
-                computed_prompt_tokens=computed[r], seconds=share, label_scores=label_scores[r],
-                confidence=label_share(label_scores[r], g.text) if label_scores[r] else None,
-            )
+            answers[r] = _answer(conversations[it[0]], task, gens[r], constrained=is_constrained,
+                                 prompt_tokens=len(it[1].input_ids), computed=computed[r], seconds=share,
+                                 scores=label_scores[r])
         return answers
 
     t_start = time.perf_counter()
@@ -432,40 +452,28 @@ class TaskDialog:
 
     def score(self, kv: KVBatch, logits: Any) -> Answer:
         """Answer the current label task by its labels' log-likelihoods."""
-        labels, texts, ids = self._candidates.get(self.task, self.conv)
-        s = kv.score(0, logits[0], ids)
-        best = max(range(len(labels)), key=lambda i: s[i])
-        scores = {str(lab): sc for lab, sc in zip(labels, s)}
-        return self._record(Generation(list(ids[best]), texts[best], stopped=True), scores)
+        return self._record(*_score_labels(kv, 0, logits[0], *self._candidates.get(self.task, self.conv)))
 
     def seq(self, owner: Any = None) -> Any:
         """The current task's answer to decode (greedy, guided by its schema when constrained)."""
         from convtune.inference import Sampling, Seq
 
-        task = self.task
-        schema = task.output_schema() if task.name in self.constrained else None
+        schema = _guided_schema(self.task, self.constrained)
         guide = self.gen.guides.guide(schema) if schema is not None else None
-        return Seq(self.gen, Sampling(max_tokens=self.budgets[task.name], stop_repeats=True), guide=guide,
-                   owner=owner, keep_kv=True)
+        sampling = Sampling(max_tokens=self.budgets[self.task.name], stop_repeats=True)
+        return Seq(self.gen, sampling, guide=guide, owner=owner, keep_kv=True, incremental=False)
 
     def decoded(self, seq: Any) -> Answer:
         """Record the decoded answer of the current task."""
         g = Generation(seq.token_ids, seq.text, seq.stopped)
-        schema = self.task.output_schema() if self.task.name in self.constrained else None
-        if schema is not None and schema.get("type") == "array" and not g.stopped:
-            g.text = close_truncated_list(g.text) or g.text  # out of budget mid-list: the finished items
-        return self._record(g, None)
+        return self._record(_close_list(g, _guided_schema(self.task, self.constrained)), None)
 
     def _record(self, g: Generation, scores: dict[str, float] | None) -> Answer:
         assert self._prompt is not None
         task = self.task
-        answer = Answer(
-            conversation_id=self.conv.id, task=task.name, text=g.text, token_ids=g.token_ids,
-            stopped=g.stopped, constrained=task.name in self.constrained,
-            prompt_tokens=len(self._prompt.input_ids), computed_prompt_tokens=self._computed,
-            seconds=time.perf_counter() - self._t0, label_scores=scores,
-            confidence=label_share(scores, g.text) if scores else None,
-        )
+        answer = _answer(self.conv, task, g, constrained=task.name in self.constrained,
+                         prompt_tokens=len(self._prompt.input_ids), computed=self._computed,
+                         seconds=time.perf_counter() - self._t0, scores=scores)
         self.answers.append(answer)
         self._answered.append(TaskTurn(task.instruction, g.text.strip()))
         return answer

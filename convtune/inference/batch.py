@@ -260,7 +260,8 @@ class KVBatch:
         active = list(active) if active is not None else [True] * self.n
         guides = list(guides) if guides is not None else [None] * self.n
         seqs = [Seq(self.gen, Sampling(max_tokens=max_new_tokens[r] if active[r] else 0, stop_repeats=True),
-                    guide=guides[r] if active[r] else None, owner=r, keep_kv=True) for r in range(self.n)]
+                    guide=guides[r] if active[r] else None, owner=r, keep_kv=True, incremental=False)
+                for r in range(self.n)]
         loop = DecodeLoop(self.gen)
         rows: dict[int, KVBatch] = {}
         for seq, kv in loop.add(self, seqs, logits):  # the loop decodes on this batch's own cache

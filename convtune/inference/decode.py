@@ -108,15 +108,20 @@ class Seq:
     """
 
     def __init__(self, model: Any, sampling: Sampling, *, guide: Any = None, owner: Any = None,
-                 keep_kv: bool = False):
+                 keep_kv: bool = False, incremental: bool = True):
         """``model``: the :class:`~convtune.inference.model.Generator` decoding it.
-        ``keep_kv``: hand its KV row back when it ends (task answers reuse it for the next task)."""
+        ``keep_kv``: hand its KV row back when it ends (task answers reuse it for the next task).
+        ``incremental=False``: no text until it ends (nothing streams it, no stop strings), then
+        one decode of the whole answer, instead of detokenizing every token."""
+        if not incremental and sampling.stop:
+            raise ValueError("stop strings need incremental text")
         self.model = model
         self.sampling = sampling
         self.sampler = Sampler(sampling)
         self.guide = guide
         self.owner = owner
         self.keep_kv = keep_kv
+        self.incremental = incremental
         self.out: list[int] = []
         self.stopped = False
         self.stop_token: int | None = None
@@ -167,6 +172,13 @@ class Seq:
                 self._text = model.decode_text(self.out)  # trimmed: decode it whole
                 self._safe = len(self._text)
                 return
+        if not self.incremental:
+            if self.finish is None and len(self.out) >= s.max_tokens:
+                self.finish = "length"
+            if self.finish is not None:
+                self._text = model.decode_text(self.out)
+                self._safe = len(self._text)
+            return
         if self._detok is None:
             self._detok = Detokenizer(model.tokenizer)
         if not self.stopped:

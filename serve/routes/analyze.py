@@ -105,7 +105,7 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
         raise invalid("tasks", f"tasks: {exc}") from None
     customer = [t.id for t in conv.turns if t.role.value == "customer"] or [conv.turns[0].id]
 
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {}  # what prepare read on the engine thread, for after the answers
 
     def prepare(generator: Any) -> TaskDialog:  # on the engine thread: adapter state is read here
         context, predictors = (), None
@@ -116,15 +116,15 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
             predictors = adapter.predictors
             found = run_context(ref.path, adapter.few_shot, [conv], tasks, encoder=ctx.get_encoder())
             context = (found or {}).get(conv.id, ())  # None: the run retrieves no examples
-        state["renderer"], state["predictors"] = host.renderer_for(ref), predictors
+        state["predictors"] = predictors
         # the tasks a head or k-NN answers alone are not asked of the LM; labels are scored and
         # structured answers schema-guided, so every output is valid
-        return TaskDialog(generator, state["renderer"], conv, lm_tasks_of(tasks, predictors),
+        return TaskDialog(generator, host.renderer_for(ref), conv, lm_tasks_of(tasks, predictors),
                           constrained=True, context=context)
 
     started = time.perf_counter()
     dialog = await answer_dialog(request, ref, prepare)  # decoded in the engine's running batch
-    renderer = state["renderer"]
+    renderer = dialog.renderer
     run = await asyncio.to_thread(apply_predictors, dialog.run(), [conv], tasks, state["predictors"])
     results: dict[str, Any] = {}
     prompt_tokens = completion_tokens = 0
