@@ -10,8 +10,9 @@ In one run, on the same model and prompts (greedy):
 2. throughput and latency p50/p99 at concurrency 1, 4 and 16 through the fast server, vs
    the same prompts through sequential HF ``generate`` fp32 calls;
 3. ``/v1/conversations/analyze`` (4 core tasks) seconds per call, fp32 and fast server;
-4. quality: perplexity of the sample transcripts under fp32 and the fast path, and greedy
-   agreement on the chat prompts (identical outputs, and the share of tokens before the
+4. quality: perplexity of the sample transcripts under fp32 and the fast path (every token
+   through the packed weights, also those a prefill would multiply in fp32: the worst case),
+   and greedy agreement on the chat prompts (identical outputs, and the share of tokens before the
    first difference).
 
     HF_HUB_OFFLINE=1 python benchmarks/decode_speed.py [--scheme int4] [--requests 16]
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from convtune.inference.quantize import packed_bytes, quantize_for_cpu
+    from convtune.inference.quantize import packed_bytes, quantize_for_cpu, set_float_rows
     from convtune.models import load_model, resolve_model
     from convtune.renderer import Renderer
 
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     _, fast_out = hf_sequential(fast, prompts, args.max_tokens)
     same, prefix = agreement(seq_out, fast_out)
     transcripts = ["\n".join(f"{t.speaker}: {t.text}" for t in c.turns) for c in sample_conversations(12)]
+    set_float_rows(fast, None)  # every token through the packed weights: the worst case
     ppl = {"fp32": perplexity(fp32, tok, transcripts), "fast": perplexity(fast, tok, transcripts)}
     print(
         f"sequential HF generate fp32: {sequential['tokens_per_s']} tokens/s; perplexity {ppl}; "

@@ -24,6 +24,14 @@ low-precision, LoRA's small matrices stay float. The packed weights are extra me
 (about 1/8 of the fp32 model for ``int4``, 1/4 for ``int8``), shared by every adapter.
 Layers whose shapes the kernels do not take (4-bit needs input channels divisible by 32
 and output channels by 16) fall back to 8 bits.
+
+Prefill runs on the float weight: a forward over ``float_rows`` or more token rows (a
+prompt, not a decode step) multiplies by the kept fp32 weight, where a GEMM beats the
+packed kernels (their advantage is bytes read per token, which a many-row matmul
+amortises anyway; measured 1.2-1.6x slower than fp32 at 256 rows) and the prompt's KV
+cache is the fp32 model's. Decode steps (one row per sequence) read the packed weight.
+``float_rows=None`` multiplies every forward by the packed weight (the quality probe of
+``benchmarks/decode_speed.py`` measures perplexity that way, the worst case).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ Scheme = Literal["int4", "int8"]
 SCHEMES: tuple[str, ...] = ("int4", "int8")
 GROUP_SIZE = 32  # input channels per 4-bit group (llama.cpp's Q4 block)
 _ACT = torch.bfloat16  # the dtype the CPU low-precision kernels multiply in
+FLOAT_ROWS = 128  # forwards of this many token rows or more (prefill) use the float weight
 
 
 def _pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +78,7 @@ class QuantLinear(torch.nn.Linear):
     8-bit weight. The float ``weight`` is kept but not read by ``forward``."""
 
     bits: int
+    float_rows: int | None = FLOAT_ROWS
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, bits: int = 4, group: int = GROUP_SIZE) -> QuantLinear:
@@ -88,6 +98,8 @@ class QuantLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        if self.float_rows is not None and x.numel() >= self.float_rows * shape[-1]:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, shape[-1]).to(_ACT)
         if self.bits == 4:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self._packed, self.group, self._scales)
@@ -170,6 +182,14 @@ def single_openmp_thread() -> None:
     gomp = _libgomp()
     if gomp is not None:
         gomp.omp_set_num_threads(1)
+
+
+def set_float_rows(model: Any, rows: int | None) -> None:
+    """Set every packed layer's prefill threshold (see the module docstring); ``None``: always
+    multiply by the packed weights."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.float_rows = rows
 
 
 def uses_packed_weights(model: Any) -> bool:

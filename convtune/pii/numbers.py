@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from convtune.pii.checksums import card_number_valid, has_card_prefix
+from convtune.pii.phones import phone_strength
 from convtune.pii.entities import ACCOUNT_NUMBER, CREDIT_CARD, CVV, DATE_OF_BIRTH, PHONE, ROUTING_NUMBER, SSN
 
 # Cue kinds that are not entity types.
@@ -122,7 +123,8 @@ def cue_after(text: str, cues: list[tuple[int, int, str]], pos: int) -> str | No
 
 _SEP = r"(?:[ \t]*(?:[,.\-–]|\b(?:uh|um|umm|uhm|er|erm|ah|dash|hyphen)\b)[ \t]*)+|[ \t]+"
 _UNIT = r"\(?\d+\)?\d*"
-RUN_RE = re.compile(rf"(?<![A-Za-z0-9_])(?:\+[ \t]?)?{_UNIT}(?:(?:{_SEP}){_UNIT})*(?![A-Za-z0-9_@])",
+# A run may end right before a phone extension written without a space: "3560x4587".
+RUN_RE = re.compile(rf"(?<![A-Za-z0-9_])(?:\+[ \t]?)?{_UNIT}(?:(?:{_SEP}){_UNIT})*(?!(?!x\d)[A-Za-z0-9_@])",
                     re.IGNORECASE)
 _AMOUNT_BEFORE = re.compile(r"[$£€¥]\s*$")
 _AMOUNT_AFTER = re.compile(r"\s*(?:dollars?|bucks|cents?|percent|%|pounds?|euros?|usd|k\b|grand|gigs?|gb|mb"
@@ -147,6 +149,7 @@ class Run:
     plus: bool
     paren: bool
     spoken: bool
+    text: str = ""  # the run as written (normalised text), for libphonenumber
 
 
 def find_runs(norm_text: str, from_words: tuple[bool, ...]) -> list[Run]:
@@ -188,7 +191,8 @@ def find_runs(norm_text: str, from_words: tuple[bool, ...]) -> list[Run]:
         if cur:
             groups.append(cur)
         spoken = any(from_words[s:e])
-        runs.append(Run(s, e, digits, tuple(groups), raw.lstrip().startswith("+"), "(" in raw, spoken))
+        runs.append(Run(s, e, digits, tuple(groups), raw.lstrip().startswith("+"), "(" in raw, spoken,
+                        raw.strip()))
     return runs
 
 
@@ -302,6 +306,10 @@ def classify(run: Run, cue: str | None) -> tuple[str | None, int]:
         return PHONE, WEAK  # UK national format, e.g. 020 7946 0958 / 07700 900123
     if run.groups == (3, 4) and d[0] in "23456789":
         return PHONE, WEAK  # local number, 555-0148
+    # Other countries' formats, by libphonenumber: "+36 1 234 5678", "(030) 901820", "78 651 450".
+    strength = phone_strength(run.text, d, run.groups, run.plus, run.paren, run.spoken)
+    if strength:
+        return PHONE, strength
     if n >= 9:
         # An unexplained long number in a service call is far more often an
         # identifier than anything harmless; redacting it is the safe default.

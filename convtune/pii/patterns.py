@@ -185,41 +185,6 @@ def find_dates(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in DATE_RE.finditer(text)]
 
 
-# ---------------------------------------------------------------- addresses
-_SUFFIX = (r"street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|way|terrace|ter"
-           r"|circle|cir|parkway|pkwy|highway|hwy|trail|trl|square|sq|loop|row|alley|crescent|close|plaza"
-           r"|pike|run|path|walk|ridge|heights|hts")
-_DIR = r"(?:north|south|east|west|n|s|e|w|ne|nw|se|sw)\.?"
-_ADDR_STOP = (r"the|a|an|to|of|on|in|at|for|from|by|and|or|but|my|your|our|his|her|their|this|that|is|are|was"
-              r"|were|be|it|its|i|we|you|they|he|she|down|up|over|off|out|about|around|across|along|past|via"
-              r"|minutes?|hours?|days?|weeks?|months?|years?|times?|dollars?|bucks|items?|people|kids|miles?"
-              r"|blocks?|gigs?|more|less|other|same|new|old|just|only|per|each|every|both|all|some|any|one|with"
-              r"|am|pm|a\.m|p\.m|seats?|nights?|points|thousand|hundred")
-# Suffix words may be part of the name ("Oak Ridge Road", "Park Avenue").
-_NAME = rf"(?!(?:{_ADDR_STOP})\b)(?:[A-Za-z][A-Za-z'’-]*|\d+(?:st|nd|rd|th))"
-# Spoken house numbers arrive as digit groups: "sixteen oh two" -> "16 0 2".
-_HOUSE = r"\d{1,6}[A-Za-z]?|\d{1,2}(?: \d{1,2}){1,2}(?![ ]\d)|\d(?: \d){1,4}"
-# "Apt 3B", "unit 12", "apartment four b" -> "4 b", "number 6"
-_UNIT_PART = (r"(?:,?\s*(?:apt|apartment|unit|suite|ste|fl|floor|number|no\.|#)\.?\s*#?\s*"
-              r"(?:\d{1,4}[ ]?(?:[B-HJ-Zb-hj-z]\b|[AaIi]\b(?![ ]?[A-Za-z]))|[A-Za-z0-9-]{1,5}\b))")
-ADDRESS_RE = re.compile(
-    rf"(?<![\w.,:$£€/-])(?:{_HOUSE})\s+(?:{_DIR}\s+)?{_NAME}(?:\s+{_NAME}){{0,3}}(?:\s+(?:jr|sr)\.?)?"
-    rf"\s+(?:{_SUFFIX})\b\.?(?:\s+(?:ne|nw|se|sw|n|s|e|w)\b\.?)?{_UNIT_PART}?"
-    rf"|(?<![\w.])p\.?\s?o\.?\s+box\s+\d{{1,6}}(?:[ ]\d{{1,6}}){{0,5}}\b",
-    re.IGNORECASE)
-
-
-def find_addresses(norm_text: str) -> list[tuple[int, int]]:
-    """Street addresses in the *normalised* text (spoken house numbers)."""
-    out = []
-    for m in ADDRESS_RE.finditer(norm_text):
-        e = m.end()
-        while e > m.start() and norm_text[e - 1] in ".,":
-            e -= 1
-        out.append((m.start(), e))
-    return out
-
-
 # ---------------------------------------------------------------- spelled letters
 _SPELL_TOK = re.compile(r"[A-Za-z]+|\d")
 _SPELL_GAP = re.compile(r"[ \t]*(?:,[ \t]*|-|\.[ \t]*)?[ \t]*")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convtune.conversation import Conversation
-from convtune.pii import names, numbers, patterns
+from convtune.pii import addresses, names, numbers, patterns, phones
 from convtune.pii.entities import (
     ACCOUNT_NUMBER,
     ADDRESS,
@@ -147,13 +147,13 @@ def _is_spoken_quantity(norm: Normalized, run: Run) -> bool:
 def _analyse(index: int, speaker: str, text: str) -> _Turn:
     norm = normalize(text)
     dates = patterns.find_dates(text)
-    addresses = patterns.find_addresses(norm.text)
+    found = addresses.find_addresses(norm.text)
     # Digits inside a calendar date ("twenty second two thousand and three") or
     # a street address ("2207 Elm Hollow Road, unit 12") are never fragments of
     # another number; neither is a spoken quantity ("five hundred megabits").
     runs = [r for r in numbers.find_runs(norm.text, norm.from_words)
             if not any(ds < norm.ends[r.end - 1] and norm.starts[r.start] < de for ds, de in dates)
-            and not any(a < r.end and r.start < b for a, b in addresses)
+            and not any(a < r.end and r.start < b for a, b in found)
             and not _is_spoken_quantity(norm, r)]
     t = _Turn(index, speaker, text, norm, runs, dates=dates, cues=cues_in(text))
     t.id_spans = sorted([norm.original_span(r.start, r.end) for r in runs]
@@ -163,7 +163,7 @@ def _analyse(index: int, speaker: str, text: str) -> _Turn:
     for s, e in patterns.find_spoken_ibans(norm.text):
         s, e = norm.original_span(s, e)
         t.cands.append(_Cand(s, e, IBAN))
-    for s, e in addresses:
+    for s, e in found:
         s, e = norm.original_span(s, e)
         t.cands.append(_Cand(s, e, ADDRESS))
     t.cands += [_Cand(s, e, PERSON) for s, e in names.find_persons(text)]
@@ -311,7 +311,8 @@ def _merged_run(pieces: list[_Piece]) -> Run:
     first = pieces[0].run
     return Run(first.start, pieces[-1].run.end, "".join(p.run.digits for p in pieces),
                tuple(g for p in pieces for g in p.run.groups), first.plus,
-               any(p.run.paren for p in pieces), any(p.run.spoken for p in pieces))
+               any(p.run.paren for p in pieces), any(p.run.spoken for p in pieces),
+               " ".join(p.run.text for p in pieces))
 
 
 def _number_spans(turns: list[_Turn]) -> None:
@@ -339,6 +340,8 @@ def _number_spans(turns: list[_Turn]) -> None:
         start = p.start
         if entity == ACCOUNT_NUMBER:
             start = patterns.id_prefix_start(turns[p.turn].text, start)
+        if entity == PHONE:
+            end = phones.extension_end(turns[p.turn].text, end)
         turns[p.turn].cands.append(_Cand(start, end, entity, strength))
 
     x = 0
@@ -460,8 +463,20 @@ def _propagate_names(turns: list[_Turn]) -> None:
         t.cands += _spelled_out(t.text, t.cands)
 
 
+def _address_answers(turns: list[_Turn]) -> None:
+    """The answer to "what's the postcode?" / "and the city?" is part of an address."""
+    for prev, t in zip(turns, turns[1:]):
+        if prev.speaker != t.speaker and addresses.asks_for_address(prev.text) and len(t.text.split()) <= 8:
+            span = addresses.answer_address(t.norm.text)
+            if span:
+                s, e = t.norm.original_span(*span)
+                t.cands.append(_Cand(s, e, ADDRESS))
+                t.runs = [r for r in t.runs if not (span[0] < r.end and r.start < span[1])]
+
+
 def _detect(texts: list[tuple[str, str]]) -> list[list[_Cand]]:
     turns = [_analyse(i, spk, txt) for i, (spk, txt) in enumerate(texts)]
+    _address_answers(turns)
     _propagate_names(turns)
     for i in range(len(turns)):
         _type_context_spans(turns, i)
