@@ -348,9 +348,9 @@ def test_main_returns_zero(capsys):
      "You're booked for Tuesday at 2:30 with Dr. <PERSON>."),
     # addresses: spoken house numbers, unit letters, "number 9", spoken PO boxes
     ("It's seventeen oh four Juniper Avenue, Unit C, in Dayton.", "It's <ADDRESS>, in Dayton."),
-    ("it's sixty one ash lane apartment six d dayton ohio", "it's <ADDRESS> dayton ohio"),
+    ("it's sixty one ash lane apartment six d dayton ohio", "it's <ADDRESS>"),
     ("I'm at 112 Cedar Street, number 9.", "I'm at <ADDRESS>."),
-    ("you can mail it to p o box three three eight one, columbus", "you can mail it to <ADDRESS>, columbus"),
+    ("you can mail it to p o box three three eight one, columbus", "you can mail it to <ADDRESS>"),
     # "the card" as the object read from; spelled letters belong to the id
     ("The member ID is, let me get the card out, Q R T, five five one, two two, nine zero four eight.",
      "The member ID is, let me get the card out, <ACCOUNT_NUMBER>."),
@@ -390,7 +390,7 @@ def test_sample_review_redact_text(text, expected):
     # a street address after "the address on the account" is an ADDRESS
     ((("Agent", "Can you confirm the address on the account?"),
       ("Customer", "Sure, it's 4410 Birch Hollow Lane, unit 7, Westfield.")),
-     ["Can you confirm the address on the account?", "Sure, it's <ADDRESS>, Westfield."]),
+     ["Can you confirm the address on the account?", "Sure, it's <ADDRESS>."]),
     # spoken speeds after an account cue
     ((("Agent", "Can I have the account phone number?"),
       ("Customer", "It's been slow for weeks. I pay for three hundred megabits and I'm getting thirty. "

@@ -165,14 +165,18 @@ def _postcode_ok(text: str, m: re.Match[str]) -> bool:
 
 
 def _lowercase_place(text: str, pos: int, common: frozenset[str]) -> int:
-    """End of up to two uncommon lowercase words from ``pos`` ("parramatta", "north ryde")."""
+    """End of up to two lowercase words from ``pos`` that are places or not common English words
+    ("parramatta", "dayton ohio")."""
+    from convtune.pii.lexicon import places
+
     end = pos
     for n in range(_LOWER_PLACE_MAX):
         at = end if n == 0 else end + 1
         if n and text[end:end + 1] != " ":
             break
         m = _LOWER_WORD.match(text, at)
-        if not m or m.group() in common or m.group() in _NOT_PLACE or m.group() in _SPOKEN_FILLER:
+        word = m.group() if m else ""
+        if not m or word in _NOT_PLACE or word in _SPOKEN_FILLER or (word in common and word not in places()):
             break
         end = m.end()
     return end

@@ -74,7 +74,7 @@ def _lower_words(names: set[str]) -> set[str]:
 
 
 LEXICON = Path(__file__).with_name("lexicon.txt.gz")
-SECTIONS = ("given", "surname", "ambiguous", "common")
+SECTIONS = ("given", "surname", "ambiguous", "common", "place")
 
 
 def build() -> dict[str, set[str]]:
@@ -90,7 +90,7 @@ def build() -> dict[str, set[str]]:
     place_words = {p.lower() for p in places if " " not in p and _latin(p)}
     common = words | place_words
     return {"given": given - common, "surname": family - common, "ambiguous": (given | family) & common,
-            "common": common}
+            "common": words, "place": place_words}
 
 
 def write(lists: dict[str, set[str]], path: Path = LEXICON) -> None:
@@ -129,8 +129,13 @@ def ambiguous() -> frozenset[str]:
 
 
 def common_words() -> frozenset[str]:
-    """Common English words and single-word place names (not names on their own)."""
+    """Common English words (not names on their own)."""
     return _lists()["common"]
+
+
+def places() -> frozenset[str]:
+    """Single-word place names: cities, states, countries (lowercase)."""
+    return _lists()["place"]
 
 
 if __name__ == "__main__":  # pragma: no cover
