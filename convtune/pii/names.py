@@ -1,11 +1,20 @@
-"""Rule-based PERSON detection: trigger phrases, titles and "First Last" with a
-known first name. No model: precision comes from requiring a trigger or a
-first name from ``first_names.txt`` before anything is called a name."""
+"""Rule-based PERSON detection: trigger phrases, titles, dialogue cues and names from a lexicon.
+
+No model: precision comes from requiring a trigger ("my name is", "Dr.", the answer to
+"what's the name on the account?", a form's "Name:") or a name from the lexicons before
+anything is called a name: ``first_names.txt`` (hand-made, US) and the ~20,000 given names
+and ~20,000 surnames of :mod:`convtune.pii.lexicon` (Faker's 86 locales). Words are matched
+with Unicode letter classes (``regex``'s ``\\p{Lu}``/``\\p{Ll}``), so ``Krisztián Szöllösy`` and
+``Šárka Ottová`` read like ``Dana Whitfield``.
+"""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+import regex as re
+
+from convtune.pii import lexicon
 
 
 def _load_names() -> tuple[frozenset[str], frozenset[str]]:
@@ -72,16 +81,44 @@ _MISS_AS_VERB = re.compile(r"(?:\b(?:to|not|never|will|would|could|might|can|may
 
 # Brands that look like a title plus a name.
 _BRANDS = frozenset({"mr coffee", "mr clean", "dr pepper", "dr martens", "dr scholl", "mr potato",
-                     "mr peanut", "dr. pepper", "mr. coffee", "mr. clean", "dr. martens"})
+                     "mr peanut", "dr. pepper", "mr. coffee", "mr. clean", "dr. martens",
+                     # businesses named like people
+                     "wells fargo", "charles schwab", "morgan stanley", "goldman sachs", "john deere",
+                     "dean witter", "merrill lynch", "marks spencer", "tommy hilfiger", "calvin klein",
+                     "ralph lauren", "hugo boss", "jack daniels", "ben jerry", "johnson johnson"})
 
-_CAP = r"[A-Z](?:'[A-Z])?[a-z]+(?:[A-Z][a-z]+)?(?:-[A-Z][a-z]+)?"
-_ANYWORD = r"[A-Za-z](?:'[A-Za-z])?[a-z]*(?:-[A-Za-z][a-z]+)?"
+_UP, _LOW = r"\p{Lu}", r"\p{Ll}"
+_NAME_WORD_EARLY = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
+_CAP = rf"{_UP}(?:['’]{_UP})?{_LOW}+(?:{_UP}{_LOW}+)?(?:-{_UP}{_LOW}+)?"
+_ANYWORD = r"\p{L}(?:['’]\p{L})?\p{Ll}*(?:-\p{L}\p{Ll}+)?"
 # Only the abbreviations take a full stop ("Dr. Yates"); "miss." ends a sentence.
 _TITLE_RE = re.compile(r"\b(?:(?P<abbr>mr|mrs|ms|mx|dr|prof)\.?"
                        r"|(?P<word>miss|mister|missus|doctor|professor))\s+"
                        rf"(?P<name>{_ANYWORD})(?:\s+(?P<name2>{_ANYWORD}))?", re.IGNORECASE)
-_STRONG_TRIGGER = re.compile(r"\b(?:my\s+name\s+is|my\s+name's|name's|name\s+is|names\s+is)\s+",
+_STRONG_TRIGGER = re.compile(r"\b(?:my\s+name\s+is|my\s+name's|name's|name\s+is|names\s+is"
+                             # the same in the languages a European support desk hears
+                             r"|mein\s+name\s+ist|ich\s+heiße|je\s+m'appelle|mon\s+nom\s+est|me\s+llamo"
+                             r"|mi\s+nombre\s+es|mi\s+chiamo|il\s+mio\s+nome\s+è|meu\s+nome\s+é|chamo-me"
+                             r"|mam\s+na\s+imię|nazywam\s+się|mijn\s+naam\s+is|ik\s+heet)\s+",
                              re.IGNORECASE)
+# Form fields and message headers that hold a person's name: "Name: Lena Gruber", "Nachname: Gruber".
+_NAME_LABEL = re.compile(
+    r"(?:^|\n|[.;]\s+)[ \t]*(?:full\s+name|first\s+name|last\s+name|surname|given\s+name|family\s+name|name"
+    r"|cardholder(?:\s+name)?|card\s+holder|account\s+holder|name\s+on\s+card|recipient|addressee|contact"
+    r"|contact\s+person|attn\.?|attention|c/o|vorname|nachname|familienname|empfänger|nom|prénom"
+    r"|destinataire|nombre|apellidos?|destinatario|nome|cognome|imię|nazwisko|naam|voornaam|achternaam"
+    r"|sobrenome)[ \t]*[:\-][ \t]*"
+    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:{_UP}\.[ \t]+)?(?:(?:van|der|den|de|da|di|von|bin|al|el)[ \t]+)*"
+    rf"{_NAME_WORD_EARLY}){{0,3}})(?=[ \t]*(?:$|\n|[,.;(]))",
+    re.IGNORECASE | re.MULTILINE)
+# "It's under Kowalczyk", "booked under the name Tanaka".
+_UNDER = re.compile(rf"\b(?:under|in\s+the\s+name\s+of|under\s+the\s+name(?:\s+of)?)\s+(?P<name>{_NAME_WORD_EARLY}"
+                    rf"(?:\s+{_NAME_WORD_EARLY})?)(?=\s*(?:$|[,.;!?]|\s+(?:please|thanks|and)\b))")
+# "Tanaka-san", "Yuki-sama": a Japanese honorific names the person before it.
+_HONORIFIC = re.compile(rf"\b(?P<name>{_NAME_WORD_EARLY})-(?:san|sama|kun|chan|sensei|ji)\b")
+# "— Lucía" signing a message on its own line.
+_DASH_SIGNATURE = re.compile(rf"(?:^|\n)[ \t]*(?:—|–|--|-)[ \t]*(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY}){{0,2}})"
+                             r"[ \t]*(?=\n|$)")
 _MEDIUM_TRIGGER = re.compile(
     r"\b(?:this\s+is|it's|it\s+is|its|i'm|i\s+am|im|is\s+this|am\s+i\s+speaking\s+with|speaking\s+with"
     r"|speak\s+(?:to|with)|spoke\s+(?:to|with)|talked\s+to|call\s+me|talking\s+to|ask\s+for|transfer\s+you\s+to"
@@ -98,12 +135,49 @@ _PLACE_PREFIX = re.compile(r"(?:san|santa|saint|st\.?|fort|ft\.?|port|mount|mt\.
                            re.IGNORECASE)
 _WORD_AT = re.compile(rf"{_ANYWORD}")
 _CAP_WORD_RE = re.compile(rf"\b{_CAP}\b")
+# One capitalised name word: "Müller", "McLeod", "O'Connor", "Fernández-López".
+_NAME_WORD = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
 _SPELLED_RE = re.compile(r"\b[A-Za-z](?:-[A-Za-z]){2,}\b")
 _SPELL_CUE = re.compile(r"spell", re.IGNORECASE)
 
 
 def _word_at(text: str, pos: int) -> re.Match[str] | None:
     return _WORD_AT.match(text, pos)
+
+
+def is_given(low: str) -> bool:
+    """A given name in the hand-made list or the lexicon (lowercase input)."""
+    return low in FIRST_NAMES or low in lexicon.given_names()
+
+
+def is_surname(low: str) -> bool:
+    return low in lexicon.surnames()
+
+
+# Calendar words, which are given names in some locales ("June", "August", "Juli").
+_CALENDAR = _wordset("""
+january february march april may june july august september october november december juli juni januar
+februar märz mai oktober dezember janvier février mars avril juin juillet août septembre octobre novembre
+décembre enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre monday
+tuesday wednesday thursday friday saturday sunday montag dienstag mittwoch donnerstag freitag samstag
+sonntag lundi mardi mercredi jeudi vendredi samedi dimanche
+""")
+# Function words of other languages that open sentences capitalised ("Die Erstattung", "Les Tilleuls").
+_FOREIGN_FUNCTION = _wordset("""
+der die das den dem des ein eine einer eines ich sie wir ihr er es und oder mit von bei für ist sind war
+le la les un une des du au aux et ou avec pour est sont je nous vous il elle ils elles ce cette
+el los las lo una unos unas y o con para por es son yo usted nosotros il lo gli uno della con per sono
+het een en van voor met ik wij jij zij o os um uma com para por eu você não sim ja nie tak
+""")
+# "San Francisco", "Port Louis": words that open place names.
+_PLACE_WORDS = _wordset("san santa saint st sankt fort port mount mt lake new los las el la cape puerto porto")
+_NOT_NAME = _CALENDAR | _STOP | _NOT_SURNAME | _BUSINESS | _FOREIGN_FUNCTION | _PLACE_WORDS
+
+
+def _lexicon_name(low: str) -> bool:
+    """A given name or surname of the lexicon that is not also a calendar or function word."""
+    return (low in lexicon.given_names() or low in lexicon.surnames()) and low not in _NOT_NAME \
+        and low not in AMBIGUOUS_NAMES and len(low) >= 3
 
 
 def _is_name_word(word: str, *, lowercase_ok: bool) -> bool:
@@ -128,6 +202,16 @@ def _extend_surname(text: str, first: re.Match[str], lowercase_ok: bool, max_ext
         if not nxt:
             break
         w = nxt.group()
+        initial = re.match(rf"{_UP}\.[ \t]+", text[nxt.start():nxt.start() + 4])
+        if initial and not lowercase_ok:  # "Faina D. Yefremova": a middle initial, the surname follows
+            after = _word_at(text, nxt.start() + initial.end())
+            if after and after.group()[0].isupper() and len(after.group()) > 1:
+                nxt, w = after, after.group()
+        particles = re.match(rf"(?:(?:{_PARTICLE})[ \t]+){{1,2}}(?={_UP})", text[nxt.start():nxt.start() + 12])
+        if particles and first.group()[0].isupper():  # "Pieter van der Berg", "Ahmad bin Rahman"
+            after = _word_at(text, nxt.start() + particles.end())
+            if after:
+                nxt, w = after, after.group()
         if w.lower() in _FILLERS:
             # "derek um derek hollins": skip a filler when the name is repeated after it
             m2 = _SPACES.match(text, nxt.end())
@@ -143,6 +227,15 @@ def _extend_surname(text: str, first: re.Match[str], lowercase_ok: bool, max_ext
             break
         end = nxt.end()
     return end
+
+
+_PREV_WORD = re.compile(rf"({_NAME_WORD})[ \t]+$")
+
+
+def _after_given(text: str, pos: int) -> bool:
+    """The capitalised word before ``pos`` is a given name: "Tóth Eszter" read from "Eszter"."""
+    m = _PREV_WORD.search(text[max(0, pos - 30):pos])
+    return bool(m) and is_given(m.group(1).lower()) and m.group(1).lower() not in _NOT_NAME
 
 
 def _capitalised_pair(text: str, first: re.Match[str]) -> bool:
@@ -177,9 +270,16 @@ def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:
 # from Kestrel Mobile", "my name is Raj". One capitalised word right after the
 # trigger and right before a comma, "speaking", "with", "from" ... is a first
 # name even when it is not in our list. ("it's" is left out: "it's Visa.")
-_INTRO = re.compile(r"\b(?:this\s+is|i'm|i\s+am|my\s+name\s+is|my\s+name's|name's|speaking\s+with)\s+"
+_INTRO = re.compile(r"\b(?:this\s+is|i'm|i\s+am|my\s+name\s+is|my\s+name's|name's|speaking\s+with"
+                    r"|c'est|je\s+suis|ich\s+bin|hier\s+ist|soy|sono|sou|jestem|ik\s+ben|hier\s+is)\s+"
                     r"(?:(?:uh|um|er)\s+)*(?P<name>[A-Z][^\W\d_]+(?:-[A-Z][^\W\d_]+)?)"
-                    r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|with|from|at|in|on)\b)", re.IGNORECASE)
+                    r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|with|from|at|in|on|de|aus|von|da|di)\b)", re.IGNORECASE)
+# The same introductions with a full name: "c'est Geneviève Tremblay.", "this is Olamide Bakare,".
+_INTRO_FULL = re.compile(r"\b(?:this\s+is|i'm|i\s+am|c'est|je\s+suis|ich\s+bin|hier\s+ist|soy|sono|sou|jestem"
+                         r"|ik\s+ben|hier\s+is)\s+"
+                         rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?:van|der|den|de|da|di|von|ter|ó|ní|bin)[ \t]+)?"
+                         rf"{_NAME_WORD_EARLY}){{1,2}})"
+                         r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|from|de|aus|von|da|di)\b)")
 _NOT_INTRO = _wordset("""
 sorry glad happy calling fine good great okay ok back here there just also still not new trying
 looking going ready done sure afraid confused frustrated upset wondering canadian american
@@ -191,17 +291,21 @@ _BOT_AFTER = re.compile(r"[^.!?]{0,40}\b(?:virtual|digital|automated|ai)\s+(?:as
 
 
 # "my husband, Raj Kumar, is on the account": a relation names the person after it.
+_PARTICLE = r"van|der|den|de|del|della|di|da|dos|du|la|le|von|bin|binti|bint|al|el|ní|nic|mac|ter|ten|y|zu"
 _RELATION = re.compile(r"\b(?:my|our|his|her|their|your)\s+(?:husband|wife|spouse|partner|mother|father|mom"
                        r"|dad|son|daughter|sister|brother|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece"
                        r"|nephew|cousin|fiancée?|boyfriend|girlfriend)\s*,?\s+"
-                       r"(?P<name>[A-Z][a-z]+(?:['’-][A-Z]?[a-z]+)?(?:\s+[A-Z][a-z]+(?:['’-][A-Z]?[a-z]+)?)?)",
+                       rf"(?P<name>{_NAME_WORD}(?:\s+{_NAME_WORD})?)",
                        re.IGNORECASE)
 # "Hi Jolene," opening a message, "Best,\nTomás Rivera" signing it.
-_GREETING = re.compile(r"(?:^|\n|[.!?]\s+)(?:hi|hello|hey|dear|thanks|thank\s+you)[ \t]+(?P<name>[A-Z][a-z]+)"
-                       r"(?=[ \t]*(?:[,!:]|\n|$))", re.IGNORECASE)
+_GREETING = re.compile(r"(?:^|\n|[.!?¡]\s*)(?:hi|hello|hey|dear|thanks|thank\s+you|merci|danke|gracias|grazie"
+                       r"|obrigad[oa]|dziękuję|dzięki|bonjour|hola|hallo|ciao|salut|hej|dank\s+je|bedankt|listo)"
+                       r"[ \t]*,?[ \t]+"
+                       rf"(?:(?:mr|mrs|ms|dr|herr|frau|sr|sra|m|mme)\.?[ \t]+)?(?P<name>{_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"
+                       r"(?=[ \t]*(?:[,!:.]|\n|$))", re.IGNORECASE)
 _SIGNATURE = re.compile(r"(?:thanks|thank\s+you|best|regards|cheers|sincerely|kind\s+regards|best\s+regards"
                         r"|warmly)[ \t]*,?[ \t]*\n[ \t]*"
-                        r"(?P<name>[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){0,2})[ \t]*(?=\n|$)",
+                        rf"(?P<name>{_NAME_WORD}(?:[ \t]+(?:{_UP}\.[ \t]+)?{_NAME_WORD}){{0,2}})[ \t]*(?=\n|$)",
                         re.IGNORECASE)
 
 
@@ -211,14 +315,15 @@ def find_persons(text: str) -> list[tuple[int, int]]:
 
 
 # "Can I have your name?", "What's your son's name?", "Who am I speaking with?"
-NAME_QUESTION = re.compile(r"\b(?:(?:your|his|her|their|the\s+\w+'s|\w+'s)\s+"
-                           r"(?:full\s+|first\s+|last\s+)?name"
+NAME_QUESTION = re.compile(r"\b(?:(?:your|his|her|their|the|the\s+\w+'s|\w+'s)\s+"
+                           r"(?:full\s+|first\s+|last\s+|family\s+|given\s+|sur)?name"
+                           r"|what\s+(?:should|can|shall)\s+i\s+call\s+you|who\s+(?:should|shall)\s+i\s+say"
                            r"|name\s+(?:please|on\s+the)|who\s+(?:am\s+i|do\s+i\s+have|is\s+this|i'm)"
                            r"|pleasure\s+of\s+speaking)", re.IGNORECASE)
 _ANSWER_LEAD = re.compile(r"\s*(?:(?:yes|yeah|sure|okay|ok|hi|hello|um|uh|so)[,.!]?\s+)*"
                           r"(?:(?:it's|its|this\s+is|i'm|it\s+is)\s+)?")
-_NAME_WORD = r"[A-Z][a-z]+(?:['’-][A-Z]?[a-z]+)?"
-_ANSWER_NAME = re.compile(rf"(?P<name>{_NAME_WORD}(?:\s+{_NAME_WORD}){{1,2}})(?=\s*(?:[,.;!?(]|$|\s+and\b))")
+_ANSWER_NAME = re.compile(rf"(?P<name>{_NAME_WORD}(?:\s+(?:{_UP}\.\s+)?(?:(?:{_PARTICLE})\s+)*{_NAME_WORD}){{0,2}})"
+                          r"(?=\s*(?:[,.;!?(]|$|\s+and\b))")
 
 
 def answer_name(text: str) -> tuple[int, int] | None:
@@ -352,8 +457,14 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
             continue
         w = first.group()
         low = w.lower()
-        if low in FIRST_NAMES:
+        if low in FIRST_NAMES or (lowercase and _lexicon_name(low) and low in lexicon.given_names()):
             spans.append((first.start(), _extend_surname(text, first, lowercase_ok=True)))
+        elif w[0].isupper() and _lexicon_name(low) and low in lexicon.given_names():
+            end = _extend_surname(text, first, lowercase_ok=False)
+            words = text[first.start():end].split()
+            if text[first.start():end].lower() not in _BRANDS and not any(
+                    x.lower() in lexicon.places() or x.lower() in _NOT_NAME for x in words):
+                spans.append((first.start(), end))
         elif (low in AMBIGUOUS_NAMES and w[0].isupper()
               and not re.match(r"\s+(?:\d|the\b)", text[first.end():])):
             spans.append((first.start(), _extend_surname(text, first, lowercase_ok=False)))
@@ -368,7 +479,7 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
         if low.endswith("bot") or _BOT_AFTER.match(text, m.end("name")):
             continue
         spans.append((m.start("name"), m.end("name")))
-    for rx in (_GREETING, _SIGNATURE, _RELATION):
+    for rx in (_GREETING, _SIGNATURE, _RELATION, _NAME_LABEL, _UNDER, _HONORIFIC, _DASH_SIGNATURE, _INTRO_FULL):
         for m in rx.finditer(text):
             words = m.group("name").split()
             if not all(w[0].isupper() for w in words):
@@ -377,6 +488,9 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
                 continue  # "our partner, Atlantica": a business partner
             if any(w.lower() in _STOP or w.lower() in _NOT_SURNAME or w.lower() in _BUSINESS
                    or w.lower() in _NOT_INTRO for w in words):
+                continue
+            if rx is _INTRO_FULL and (m.group("name").lower() in _BRANDS or words[0].lower() in lexicon.common_words()
+                                      or any(w.lower() in lexicon.places() for w in words)):
                 continue
             spans.append(m.span("name"))
     if lowercase:
@@ -388,14 +502,27 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
                 spans.append(m.span())
     for m in _CAP_WORD_RE.finditer(text):
         place = _PLACE_PREFIX.search(text[max(0, m.start() - 7):m.start()])
-        if m.group().lower() in FIRST_NAMES and not place:
-            if _DETERMINER_BEFORE.search(text[max(0, m.start() - 8):m.start()]):
+        low = m.group().lower()
+        listed = low in FIRST_NAMES
+        if not (listed or _lexicon_name(low)) or place:
+            continue
+        if _DETERMINER_BEFORE.search(text[max(0, m.start() - 8):m.start()]):
+            continue
+        nxt = _SPACES.match(text, m.end())
+        nxt_word = _word_at(text, nxt.end()) if nxt else None
+        if nxt_word and nxt_word.group()[0].isupper() and nxt_word.group().lower() in _BUSINESS:
+            continue
+        end = _extend_surname(text, m, lowercase_ok=False)
+        if not listed:
+            # A lexicon name alone is too often a word or a place in some language ("Sie", "Lane"):
+            # it needs a capitalised name word next to it ("Giulia Romano", "Tóth Eszter").
+            pair = text[m.start():end]
+            if end == m.end() and not _after_given(text, m.start()):
                 continue
-            nxt = _SPACES.match(text, m.end())
-            nxt_word = _word_at(text, nxt.end()) if nxt else None
-            if nxt_word and nxt_word.group()[0].isupper() and nxt_word.group().lower() in _BUSINESS:
+            if pair.lower() in _BRANDS or any(w.lower() in _NOT_NAME or w.lower() in lexicon.places()
+                                              for w in pair.split()):
                 continue
-            spans.append((m.start(), _extend_surname(text, m, lowercase_ok=False)))
+        spans.append((m.start(), end))
     for m in _SPELLED_RE.finditer(text):
         near_name = any(0 <= m.start() - e <= 40 for _, e in spans)
         if near_name or _SPELL_CUE.search(text[max(0, m.start() - 30):m.start()]):
