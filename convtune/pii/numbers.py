@@ -165,6 +165,11 @@ def find_runs(norm_text: str, from_words: tuple[bool, ...]) -> list[Run]:
             raw, e = raw[:-1], e - 1
         if raw.startswith("(") and not _PAREN_CODE_START.match(raw):
             raw, s = raw[1:], s + 1
+        if norm_text[e:e + 1] == "/" and norm_text[e + 1:e + 2].isdigit():
+            # "5352-6915-9564-1902, 11/26": the last group starts an expiry date, not this number
+            cut = re.search(r"(?:[ \t]*,[ \t]*|[ \t]+)\d{1,2}$", raw)
+            if cut and cut.start() > 0:
+                raw, e = raw[:cut.start()], e - (len(raw) - cut.start())
         if _THOUSANDS.fullmatch(raw.strip()):
             continue  # "1,234,567.89" is an amount even without a currency sign
         digits = re.sub(r"\D", "", raw)

@@ -171,11 +171,20 @@ _SPOKEN_YEAR = (rf"(?:nineteen|twenty)[\s-](?:(?:oh|o|zero)[\s-](?:{_UNIT_W})|{_
 _YEAR = rf"(?:(?:19|20)\d\d|'\d\d|{_SPOKEN_YEAR}|(?:{_TENS_W})[\s-](?:{_UNIT_W})|(?:{_TENS_W}))"
 # "march third ninety one, uh, nineteen ninety one": the year said again in full.
 _RESTATED_YEAR = rf"(?:[\s,]+(?:(?:uh|um|i\s+mean)[\s,]+)?(?:{_SPOKEN_YEAR}|(?:19|20)\d\d)(?![\w/]))?"
+_MONTHS_INTL = (r"januar|februar|märz|maerz|mai|juni|juli|oktober|dezember|janvier|février|fevrier|mars|avril|juin"
+                r"|juillet|août|aout|septembre|octobre|novembre|décembre|decembre|enero|febrero|marzo|abril|mayo"
+                r"|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre|gennaio|febbraio|aprile"
+                r"|maggio|giugno|luglio|settembre|ottobre|dicembre|janeiro|fevereiro|março|maio|junho|julho"
+                r"|setembro|outubro|dezembro|januari|februari|maart|mei|augustus|stycznia|lutego|marca|kwietnia"
+                r"|maja|czerwca|lipca|sierpnia|września|października|listopada|grudnia")
 DATE_RE = re.compile(
     rf"(?<![\w/.-])(?:"
     rf"{_MONTH}\s+(?:the\s+)?{_DAY}(?:\s*,?\s*(?:of\s+)?{_YEAR}{_RESTATED_YEAR})?"
     rf"|(?:the\s+)?{_DAY}\s+(?:of\s+)?{_MONTH}(?:\s*,?\s*{_YEAR}{_RESTATED_YEAR})?"
     rf"|[01]?\d[/.-][0-3]?\d[/.-](?:\d{{4}}|\d{{2}})"
+    rf"|[0-3]?\d[/.-][01]?\d[/.-](?:19|20)\d\d"   # day first: 17/06/1969, 22.05.1991
+    rf"|[0-3]?\d\.?\s+(?:{_MONTHS_INTL})\.?\s+(?:de\s+)?(?:19|20)\d\d"  # 14. Juli 1988, 3 de marzo de 1975
+    rf"|[0-3]?\d\s+de\s+(?:{_MONTHS_INTL})\s+de\s+(?:19|20)\d\d"
     rf"|(?:19|20)\d\d-[01]\d-[0-3]\d"
     rf")(?![\w/])",
     re.IGNORECASE)

@@ -61,6 +61,8 @@ def phone_strength(text: str, digits: str, groups: tuple[int, ...], plus: bool, 
     if plus:
         return STRONG if _valid_in(text, None) else 0
     grouped = (len(groups) >= 2 or paren) and not spoken
+    if len(groups) == 2 and groups[0] == 4 and digits[:2] in ("19", "20") and not paren:
+        return 0  # "2024-0815", "2024-11873": a year-numbered reference, not a phone number
     if digits[0] == "0" and (grouped or n >= 10):
         if any(_valid_in(text, r) for r in TRUNK_REGIONS):
             return STRONG if grouped else WEAK

@@ -155,7 +155,10 @@ def _analyse(index: int, speaker: str, text: str) -> _Turn:
             if not any(ds < norm.ends[r.end - 1] and norm.starts[r.start] < de for ds, de in dates)
             and not any(a < r.end and r.start < b for a, b in found)
             and not _is_spoken_quantity(norm, r)]
-    t = _Turn(index, speaker, text, norm, runs, dates=dates, cues=cues_in(text))
+    # Street words inside an address ("Suite 400", "Bay St") are not cues for the numbers after it.
+    spans = [norm.original_span(a, b) for a, b in found]
+    cues = [c for c in cues_in(text) if not any(a <= c[0] and c[1] <= b for a, b in spans)]
+    t = _Turn(index, speaker, text, norm, runs, dates=dates, cues=cues)
     t.id_spans = sorted([norm.original_span(r.start, r.end) for r in runs]
                         + [m.span() for m in patterns.ALNUM_ID_RE.finditer(text)])
     t.cands += [_Cand(s, e, EMAIL) for s, e in patterns.find_emails(text)]
