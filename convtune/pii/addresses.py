@@ -200,6 +200,8 @@ def _grow_right(text: str, end: int, lowercase: bool, common: frozenset[str]) ->
         sep = SEP_RE.match(text, end)
         if not sep:
             break
+        if text[end - 1:end] == "." and re.search(r"\p{L}{4,}\.$", text[max(0, end - 12):end]):
+            break  # "... Elmwood Drive. In Madison": a full stop after a whole word ends the sentence
         if "\n" in sep.group() and text[sep.end():sep.end() + 1] == "\n":
             break  # a blank line ends the block
         at = sep.end()

@@ -174,6 +174,13 @@ _PLACE_WORDS = _wordset("san santa saint st sankt fort port mount mt lake new lo
 _NOT_NAME = _CALENDAR | _STOP | _NOT_SURNAME | _BUSINESS | _FOREIGN_FUNCTION | _PLACE_WORDS
 
 
+def _known_or_foreign(word: str) -> bool:
+    """A word of a name pair: in a name list, an initial, or spelled with letters English does not use."""
+    low = word.lower().strip(".")
+    return (low in FIRST_NAMES or low in lexicon.given_names() or low in lexicon.surnames() or len(low) == 1
+            or any(ord(ch) > 127 for ch in word))
+
+
 def _lexicon_name(low: str) -> bool:
     """A given name or surname of the lexicon that is not also a calendar or function word."""
     return (low in lexicon.given_names() or low in lexicon.surnames()) and low not in _NOT_NAME \
@@ -490,7 +497,8 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
                    or w.lower() in _NOT_INTRO for w in words):
                 continue
             if rx is _INTRO_FULL and (m.group("name").lower() in _BRANDS or words[0].lower() in lexicon.common_words()
-                                      or any(w.lower() in lexicon.places() for w in words)):
+                                      or any(w.lower() in lexicon.places() for w in words)
+                                      or not _known_or_foreign(words[0])):
                 continue
             spans.append(m.span("name"))
     if lowercase:
@@ -519,6 +527,8 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
             pair = text[m.start():end]
             if end == m.end() and not _after_given(text, m.start()):
                 continue
+            if not all(_known_or_foreign(w) for w in pair.split()):
+                continue  # "Maple Grove", "Fresh Start": both words must read as names
             if pair.lower() in _BRANDS or any(w.lower() in _NOT_NAME or w.lower() in lexicon.places()
                                               for w in pair.split()):
                 continue

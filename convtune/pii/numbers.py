@@ -59,6 +59,7 @@ _CUE_SPECS: list[tuple[str, str]] = [
           r"|order|confirmation|conf\.?|tracking|flight|case\s+(?:number|no\.?|#|id)|ticket|reference|ref\.?"
           r"|invoice|model|serial|claim|booking|reservation|sku|p\.?o\.?|room|gate|seat|store|version|zip"
           r"|postal|extension|ext\.?|pin|promo|coupon|voucher|receipt|transaction|suite|apt|apartment"
+          r"|dispute|part(?:\s+(?:number|no\.?|#))?|item|product|article|parcel|shipment|consignment|awb"
           r"|street|avenue|plan|press")),
     # Money said around a number ("a draft of one forty-three twenty-five"). Vetoes
     # only within its own turn: an earlier "refund" says nothing about the next answer.
