@@ -242,7 +242,7 @@ _LEFT_PARTS = (("unit", re.compile(rf"(?:{_UNIT}|{_FLOOR}|[A-Z]-?\d{{1,4}})$", r
 
 def _grow_left(text: str, start: int) -> tuple[int, set[str]]:
     """Units, buildings and house names before the street: "Flat 3, 27 Queen's Road"."""
-    from convtune.pii.lexicon import given_names
+    from convtune.pii.lexicon import common_words, given_names
 
     kinds: set[str] = set()
     m = _UNIT_BEFORE.search(text[max(0, start - 12):start])
@@ -257,7 +257,8 @@ def _grow_left(text: str, start: int) -> tuple[int, set[str]]:
         for kind, rx in _LEFT_PARTS:
             m = rx.search(head, max(0, len(head) - 60))
             if m and m.group().split()[0].lower().strip(".") not in _NOT_PLACE and not (
-                    kind == "house" and m.group().lower() in given_names()):
+                    kind == "house" and (m.group().lower() in given_names() or m.group().lower() in common_words()
+                                         or "'" in m.group() or "’" in m.group())):
                 break
         else:
             break
@@ -314,14 +315,27 @@ def asks_for_address(text: str) -> bool:
     return _ADDRESS_QUESTION.search(text) is not None
 
 
-def answer_address(text: str) -> tuple[int, int] | None:
-    """An answer made of address parts only ("00940 Helsinki", "PO5 2SF", "Rovaniemi")."""
+_CITY_QUESTION = re.compile(r"(?i:\b(?:city|town|suburb|which\s+street|street\s+name)\b)")
+
+
+def answer_address(text: str, question: str = "") -> tuple[int, int] | None:
+    """An answer made of address parts only ("00940 Helsinki", "PO5 2SF"); a place name alone
+    ("Rovaniemi") only when the question asked for a city or street, and not a common word ("Home")."""
+    from convtune.pii.lexicon import common_words
+
+    lowercase = _lowercase_text(text)
     lead = re.match(r"\s*(?:(?:it's|its|it\s+is|yes|sure|ok|okay|um|uh)[,.]?\s+)*", text, re.IGNORECASE)
     pos = lead.end() if lead else 0
-    part = _part_after(text, pos, _lowercase_text(text))
+    part = _part_after(text, pos, lowercase)
     if part is None:
         return None
-    end, _ = _grow_right(text, part[0], _lowercase_text(text), frozenset())
+    end, kinds = _grow_right(text, part[0], lowercase, frozenset())
+    kinds.add(part[1])
+    if kinds <= {"place", "state"}:
+        words = text[pos:end].split()
+        if not _CITY_QUESTION.search(question) or any(
+                w.lower().strip(".,") in common_words() or "'" in w or "’" in w for w in words):
+            return None
     rest = text[end:].strip(" .,!")
     if rest and len(rest.split()) > 3:
         return None

@@ -43,7 +43,9 @@ _CUE_SPECS: list[tuple[str, str]] = [
     (DATE_OF_BIRTH, r"date\s+of\s+birth|birth\s*date|birthday|born|dob|d\.o\.b\.?"),
     (ACCOUNT_NUMBER, (r"(?:bank\s+)?account(?:\s+(?:number|no\.?|#|num))?|acct\.?(?:\s*#)?"
                      r"|member\s+(?:id|number)|customer\s+(?:id|number)|policy\s+number|checking|savings"
-                     r"|(?:driver'?s'?\s+)?licen[cs]e\s+(?:number|no\.?|#)|passport\s+(?:number|no\.?|#)")),
+                     r"|(?:driver'?s'?\s+)?licen[cs]e\s+(?:number|no\.?|#)|passport\s+(?:number|no\.?|#)"
+                     r"|konto(?:nummer)?|kontonr\.?|numéro\s+de\s+compte|compte|n[úu]mero\s+de\s+cuenta|cuenta"
+                     r"|conto|rekening(?:nummer)?|numer\s+konta|konta")),
     (CARD, (r"credit\s+card|debit\s+card|card(?:\s+(?:number|num|no\.?|#))?|visa|master\s?card|amex"
            r"|american\s+express|discover|diners(?:\s+club)?|jcb|union\s?pay|long\s+number")),
     (PHONE, (r"(?:tele)?phone(?:\s+number)?|cell(?:\s+phone)?"
@@ -60,6 +62,7 @@ _CUE_SPECS: list[tuple[str, str]] = [
           r"|invoice|model|serial|claim|booking|reservation|sku|p\.?o\.?|room|gate|seat|store|version|zip"
           r"|postal|extension|ext\.?|pin|promo|coupon|voucher|receipt|transaction|suite|apt|apartment"
           r"|dispute|part(?:\s+(?:number|no\.?|#))?|item|product|article|parcel|shipment|consignment|awb"
+          r"|refund|〒"
           r"|street|avenue|plan|press")),
     # Money said around a number ("a draft of one forty-three twenty-five"). Vetoes
     # only within its own turn: an earlier "refund" says nothing about the next answer.
@@ -130,6 +133,7 @@ RUN_RE = re.compile(rf"(?<![A-Za-z0-9_])(?:\+[ \t]?)?{_UNIT}(?:(?:{_SEP}){_UNIT}
 _AMOUNT_BEFORE = re.compile(r"[$£€¥]\s*$")
 _AMOUNT_AFTER = re.compile(r"\s*(?:dollars?|bucks|cents?|percent|%|pounds?|euros?|usd|k\b|grand|gigs?|gb|mb"
                            r"|megs?\b|megabits?|mbps|gigabits?|gbps|kbps|miles?\b|points\b|per\b|each\b"
+                           r"|kwh\b|kw\b|mwh\b|kg\b|kilos?\b|lbs?\b|litres?\b|liters?\b|km\b|cm\b|mm\b|pcs\b"
                            r"|a\s+(?:month|year|week|day|night)\b|/\s*(?:mo|month|yr|year)\b"
                            r"|minutes?|hours?|days?|weeks?|months?|years?|times|am\b|pm\b|a\.m\.|p\.m\.|o'clock)",
                            re.IGNORECASE)
@@ -280,8 +284,8 @@ def classify(run: Run, cue: str | None) -> tuple[str | None, int]:
         return CREDIT_CARD, STRONG
     if cue == CVV and n in (3, 4):
         return CVV, STRONG
-    if cue == SSN and n in (9, 4):  # 4: "last four of my social"
-        return SSN, STRONG
+    if cue == SSN and (n == 9 or (n == 4 and not (run.groups == (4,) and d[:2] in ("19", "20")))):
+        return SSN, STRONG  # 4: "last four of my social" (not a year said after it: "since 1998")
     if cue == ROUTING_NUMBER and n == 9:
         return ROUTING_NUMBER, STRONG
     # A shape says more than "account" said somewhere before it: a written

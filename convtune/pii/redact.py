@@ -470,7 +470,7 @@ def _address_answers(turns: list[_Turn]) -> None:
     """The answer to "what's the postcode?" / "and the city?" is part of an address."""
     for prev, t in zip(turns, turns[1:]):
         if prev.speaker != t.speaker and addresses.asks_for_address(prev.text) and len(t.text.split()) <= 8:
-            span = addresses.answer_address(t.norm.text)
+            span = addresses.answer_address(t.norm.text, prev.text)
             if span:
                 s, e = t.norm.original_span(*span)
                 t.cands.append(_Cand(s, e, ADDRESS))
