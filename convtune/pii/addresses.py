@@ -40,14 +40,15 @@ _DIR = r"(?i:north|south|east|west|n|s|e|w|ne|nw|se|sw)\.?"
 _PREFIX_TYPE = (r"rue|avenue|av\.|avda\.?|bd|boulevard|blvd|chemin|allée|impasse|quai|route|cours|place|passage"
                 r"|calle|c/|carrer|avenida|paseo|plaza|camino|carretera|ronda|travesía|rua|travessa|largo"
                 r"|estrada|alameda|praça|via|viale|piazza|corso|vicolo|strada|ul\.|ulica|al\.|aleja|os\.|pl\."
-                r"|jalan|jl\.|soi|thanon|rruga|ulitsa|prospekt|str\.|strada|sokak|sok\.|cadde(?:si)?|cd\.")
+                r"|jalan|jl\.|soi|thanon|rruga|ulitsa|prospekt|str\.|strada|sokak|sok\.|cadde(?:si)?|cd\.|heol|ffordd"
+                r"|vul\.|vulytsia|ulitsa|ul\.")
 # Street words that end a compound name: "Hauptstraße", "Koskikatu", "Keizersgracht", "Laugavegur".
 _COMPOUND = (r"straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer|graben|steig|chaussee|laan|straat"
              r"|gracht|plein|kade|singel|dijk|weg|katu|tie|kuja|polku|väylä|vägen|gatan|gränd|väg|veien|gata"
              r"|gate|vej|gade|vegur|gata|utca|út|tér|körút|ulice|náměstí|třída|nábřeží|ova|cesta|caddesi"
              r"|sokak|sokağı|bulvarı|-ro|-gil|-dong|-daero")
 # "27", "221B", "84/92", "2-1-33"; spoken "sixteen oh two" arrives as "16 0 2".
-_HOUSE = r"(?:\d{1,5}(?:[A-Za-z]|bis|ter|-[A-Z]\b)?(?:[-/]\d{1,5}[A-Za-z]?){0,2}|\d{1,2}(?: \d{1,2}){1,2}(?![ ]\d)|\d(?: \d){1,4})"
+_HOUSE = r"(?:\d{1,5}(?:[A-Za-z]|bis|ter|-[A-Z]\b|\s+huis\b)?(?:[-/]\d{1,5}[A-Za-z]?){0,2}|\d{1,2}(?: \d{1,2}){1,2}(?![ ]\d)|\d(?: \d){1,4})"
 _NAME = rf"(?:{_ANYW}|\d+(?:st|nd|rd|th))"
 _STOP_WORD = (r"the|a|an|to|of|on|in|at|for|from|by|and|or|but|my|your|our|his|her|their|this|that|is|are|was"
               r"|were|be|it|its|i|we|you|they|he|she|minutes?|hours?|days?|weeks?|months?|years?|times?"
@@ -65,8 +66,8 @@ _STREET_TYPE_FIRST = (rf"(?<![\w-])(?i:{_PREFIX_TYPE})\s*(?:(?:{_CONNECT})\s+)?{
                       rf"(?i:no\.?\s*:?\s*)?{_HOUSE}\b")
 _STREET_COMPOUND = (rf"(?<![\w-])(?:(?:Am|An|Auf|Im|In|Der|De|Het)\s+)?{_U}[\p{{L}}'’-]*(?i:{_COMPOUND})"
                     rf"(?:\s+(?i:no\.?\s*:?\s*)?{_HOUSE}\b)")
-_STREET_COMPOUND_SEP = (rf"(?<![\w-]){_CAPW}(?:\s+{_CAPW})?\s+(?i:straße|strasse|weg|gasse|platz|allee|laan"
-                        rf"|straat|caddesi|sokak|sokağı)\s+(?:no\.?\s*:?\s*)?{_HOUSE}\b")
+_STREET_COMPOUND_SEP = (rf"(?<![\w-]){_CAPW}(?:\s+{_CAPW})?\s+(?i:iela|pr\.|prospektas|gatvė|g\.|tänav|mnt\.?|út|utca|straße|strasse|weg|gasse|platz|allee|laan"
+                        rf"|straat|caddesi|sokak|sokağı)\s+(?i:no\.?\s*:?\s*)?{_HOUSE}\b")
 _STREET_ASIAN = (rf"(?<![\w.,:$£€/-])\d{{1,4}}(?:-\d{{1,4}}){{1,2}}[ \t]+{_CAPW}(?:-{_CAPW})?"
                  rf"|(?<![\w.,:$£€/-])\d{{1,4}}\s+{_CAPW}-(?:ro|gil|daero|dong)\b(?:\s+\d{{1,4}}-(?:gil|ro)\b)?")
 _PO_BOX = (r"(?<![\w.])(?i:p\.?\s?o\.?\s*box|post\s+office\s+box|postfach|apartado(?:\s+de\s+correos)?|casilla"
@@ -96,11 +97,14 @@ WEAK_ANCHOR_RE = re.compile(_STREET_NO_NUM)
 _SEP = r"(?:[ \t]*,[ \t]*(?:\n[ \t]*)?|[ \t]*\n[ \t]*|[ \t]*/[ \t]*|[ \t]+-[ \t]+|[ \t]+)"
 _UNIT_WORDS = sorted("""apt apartment unit suite ste flat fl floor level lvl huis piso apto depto dpto dept puerta pta
 esc escalera portal bloque m. lok. lokal bus boîte bte étage room rm no. no nr. nr d: block blk number tower
-building bldg wing plot door stiege top whg. whg mieszkanie kv. kv app. app ap. ap bât. bât lot villa""".split(),
+building bldg wing plot door stiege top whg. whg mieszkanie kv. kv app. app ap. ap bât. bât lot villa col. colonia urb. bo. sector phase""".split(),
                      key=len, reverse=True)
 _UNIT = (r"(?:house\s+no\.?|h\.\s?no\.?|\#|(?:" + "|".join(re.escape(w) for w in _UNIT_WORDS) + r")(?![\p{L}]))"
          r"\s*[:.#]?\s*(?:\d{1,4}[ ]?(?:[B-HJ-Zb-hj-z]\b|[AaIi]\b(?![ ]?[A-Za-z]))|[\w/-]{1,8}\b)\.?")
-_FLOOR = r"\d{1,2}\s?(?:\.?º|\.?ª|er|e|st|nd|rd|th)\s?(?:[A-Za-z0-9]{1,3}ª?|izq\.?|dcha\.?|esq\.?|dto\.?)?\b\.?|\d{1,2}/F\b"
+_FLOOR = (r"\d{1,2}\s?(?:\.?º|\.?ª|er|e|st|nd|rd|th)(?:\s?(?:izquierda|derecha|izq\.?|izda\.?|dcha\.?|esq\.?"
+          r"|esquerdo|direito|dto\.?|[A-Z0-9]ª?(?![\w])))?\.?"
+          r"|\d{1,2}\.\s?(?:th|tv|mf|sal)\b\.?"  # Danish floors: "3. th."
+          r"|\d{1,2}/F\b")
 _POSTCODE = (r"(?:[A-Z]\d[A-Z]\s?\d[A-Z]\d"                        # CA
              r"|[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}"                  # UK
              r"|[A-Z]\d{2}\s?[A-Z\d]{4}"                            # IE Eircode
@@ -109,12 +113,13 @@ _POSTCODE = (r"(?:[A-Z]\d[A-Z]\s?\d[A-Z]\d"                        # CA
              r"|\d{3}\s\d{2}"                                       # CZ, SE, GR
              r"|\d{2}-\d{3}"                                        # PL
              r"|\d{3,4}-\d{3,4}"                                    # JP, PT, US ZIP+4
-             r"|\d{5}-\d{4}|\d{3,6}(?:-\d{3,5})?)\b")
+             r"|[A-Z]{2}-\d{4,5}"                                  # LV-1010, LT-01103
+             r"|\d{5}-\d{4}|\d{3,7}(?:-\d{3,5})?)\b")
 _STATE = r"[A-Z]{2,3}\b"
 _PLACE = rf"{_PLACEW}(?:[ \t]+(?:(?:{_CONNECT})[ \t]+)?{_PLACEW}){{0,2}}"
 _NOT_PLACE = frozenset("""
 please thanks thank hi hello dear yes no ok okay sure sorry the this that it i we you he she they my our
-your his her their regards best cheers sincerely kind tel phone mobile email e-mail fax iban bic tel.
+your his her their regards best cheers sincerely kind phone mobile email e-mail fax iban bic
 monday tuesday wednesday thursday friday saturday sunday today tomorrow attention attn also and or but
 order invoice account card visa mastercard amex ref reference
 """.split())
@@ -155,6 +160,9 @@ def _part_after(text: str, pos: int, lowercase: bool) -> tuple[int, str] | None:
     m = STATE_RE.match(text, pos)
     if m:
         return m.end(), "state"
+    m = re.match(rf"\({_PLACE}\)", text[pos:])
+    if m:  # "Montréal (Québec)"
+        return pos + m.end(), "place"
     return None
 
 
@@ -211,7 +219,7 @@ def _grow_right(text: str, end: int, lowercase: bool, common: frozenset[str]) ->
                 at = label.end()
             elif re.match(r"[^\n:]{1,25}:", text[at:]):
                 break  # another form field ("Phone:", "Name:")
-        if last == "place" and sep.group() in (" ", "\t"):
+        if last == "place" and sep.group() in (" ", "\t") and not POSTCODE_RE.match(text, at):
             num = _NUMBER_AFTER_PLACE.match(text, at)
             if num:  # "Praha 10", "Lekki Phase 1", "Sector 62"
                 end, last = num.end(), "number"
@@ -242,7 +250,7 @@ _LEFT_PARTS = (("unit", re.compile(rf"(?:{_UNIT}|{_FLOOR}|[A-Z]-?\d{{1,4}})$", r
 
 def _grow_left(text: str, start: int) -> tuple[int, set[str]]:
     """Units, buildings and house names before the street: "Flat 3, 27 Queen's Road"."""
-    from convtune.pii.lexicon import common_words, given_names
+    from convtune.pii.lexicon import common_words, given_names, surnames
 
     kinds: set[str] = set()
     m = _UNIT_BEFORE.search(text[max(0, start - 12):start])
@@ -258,6 +266,8 @@ def _grow_left(text: str, start: int) -> tuple[int, set[str]]:
             m = rx.search(head, max(0, len(head) - 60))
             if m and m.group().split()[0].lower().strip(".") not in _NOT_PLACE and not (
                     kind == "house" and (m.group().lower() in given_names() or m.group().lower() in common_words()
+                                         or m.group().lower() in surnames() or "\n" in sep.group()
+                                         or any(ord(ch) > 127 for ch in m.group())
                                          or "'" in m.group() or "’" in m.group())):
                 break
         else:
@@ -282,8 +292,8 @@ def find_addresses(norm_text: str) -> list[tuple[int, int]]:
     anchors += [(m.start(), m.end(), False) for m in WEAK_ANCHOR_RE.finditer(norm_text)]
     anchors += [(m.start(), m.end(), None) for m in AT_STREET_RE.finditer(norm_text)]
     for s, e, strong in sorted(anchors, key=lambda a: (a[0], -a[1])):
-        if any(a <= s < b for a, b in out):
-            continue
+        if any(a <= s and e <= b for a, b in out):
+            continue  # inside an address already found (overlapping ones are merged below)
         while e > s and norm_text[e - 1] == ",":
             e -= 1
         right, rkinds = _grow_right(norm_text, e, lowercase, common)
