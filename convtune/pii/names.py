@@ -89,17 +89,22 @@ _BRANDS = frozenset({"mr coffee", "mr clean", "dr pepper", "dr martens", "dr sch
 
 _UP, _LOW = r"\p{Lu}", r"\p{Ll}"
 _NAME_WORD_EARLY = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
+_PARTICLE = r"van|der|den|de|del|della|di|da|dos|du|la|le|von|bin|binti|bint|al|el|ní|nic|mac|ter|ten|y|zu|ó|ua"
+_PARTICLES = frozenset(_PARTICLE.split("|"))
 _CAP = rf"{_UP}(?:['’]{_UP})?{_LOW}+(?:{_UP}{_LOW}+)?(?:-{_UP}{_LOW}+)?"
 _ANYWORD = r"\p{L}(?:['’]\p{L})?\p{Ll}*(?:-\p{L}\p{Ll}+)?"
 # Only the abbreviations take a full stop ("Dr. Yates"); "miss." ends a sentence.
-_TITLE_RE = re.compile(r"\b(?:(?P<abbr>mr|mrs|ms|mx|dr|prof)\.?"
-                       r"|(?P<word>miss|mister|missus|doctor|professor))\s+"
+_TITLE_RE = re.compile(r"\b(?:(?P<abbr>mr|mrs|ms|mx|dr|prof|sr|sra|srta|mme|mlle|dhr|mevr|sig|sig\.ra)\.?"
+                       r"|(?P<word>miss|mister|missus|doctor|professor|herr|frau|señor|señora|señorita|signor"
+                       r"|signora|monsieur|madame|pani|pan|senhor|senhora|meneer|mevrouw|gospodin|gospozha))\s+"
+                       r"(?:(?:van|der|den|de|ter|von|da|di)\s+)*"
                        rf"(?P<name>{_ANYWORD})(?:\s+(?P<name2>{_ANYWORD}))?", re.IGNORECASE)
 _STRONG_TRIGGER = re.compile(r"\b(?:my\s+name\s+is|my\s+name's|name's|name\s+is|names\s+is"
                              # the same in the languages a European support desk hears
                              r"|mein\s+name\s+ist|ich\s+heiße|je\s+m'appelle|mon\s+nom\s+est|me\s+llamo"
                              r"|mi\s+nombre\s+es|mi\s+chiamo|il\s+mio\s+nome\s+è|meu\s+nome\s+é|chamo-me"
-                             r"|mam\s+na\s+imię|nazywam\s+się|mijn\s+naam\s+is|ik\s+heet)\s+",
+                             r"|mam\s+na\s+imię|nazywam\s+się|mijn\s+naam\s+is|ik\s+heet|меня\s+зовут|моё\s+имя"
+                             r"|мое\s+имя)\s+",
                              re.IGNORECASE)
 # Form fields and message headers that hold a person's name: "Name: Lena Gruber", "Nachname: Gruber".
 _NAME_LABEL = re.compile(
@@ -116,8 +121,31 @@ _UNDER = re.compile(rf"\b(?:under|in\s+the\s+name\s+of|under\s+the\s+name(?:\s+o
                     rf"(?:\s+{_NAME_WORD_EARLY})?)(?=\s*(?:$|[,.;!?]|\s+(?:please|thanks|and)\b))")
 # "Tanaka-san", "Yuki-sama": a Japanese honorific names the person before it.
 _HONORIFIC = re.compile(rf"\b(?P<name>{_NAME_WORD_EARLY})-(?:san|sama|kun|chan|sensei|ji)\b")
+# A full name after a word that announces a person: "account holder Olamide Bakare", "attn Somchai
+# Wongsakul", "Contact Mei Ling Tan at", "addressed to Bronte Lee", "Is that Florence Achterberg?".
+_PERSON_CUE = re.compile(
+    r"\b(?i:account\s+holders?|card\s*holder|attn\.?|attention|contact|call|ring|addressed\s+to|recipient|is\s+that"
+    r"|speak\s+to|ask\s+for|passenger|guest|patient|client|customer|signed\s+by|on\s+behalf\s+of)[ \t]*:?[ \t]+"
+    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?i:{_PARTICLE})[ \t]+)?{_NAME_WORD_EARLY}){{1,3}})"
+    r"(?=[ \t]*(?:$|\n|[,.;:!?(]|\s+(?i:at|on|from|tel|phone|will|should|is|has|and)\b))")
+# A role, then the person in it: "The technician, Avraham, will call", "the site manager, Hamid.".
+_ROLE_APPOSITION = re.compile(
+    r"\b(?i:the|our|your|my|their)\s+(?:\w+\s+)?(?i:technician|engineer|driver|courier|manager|supervisor|agent"
+    r"|advisor|adviser|nurse|doctor|receptionist|representative|rep|installer|inspector|coordinator|colleague"
+    r"|specialist|assistant|consultant|owner|landlord|tenant|contractor|caretaker)\s*,\s+"
+    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY})?)(?=\s*[,.!?;]|\s*$)")
+# The person spoken to, closing a sentence: "Sorry to hear that, Fraser.", "De acuerdo, Lucía.".
+_VOCATIVE = re.compile(rf"(?<=\p{{L}}),[ \t]+(?P<name>{_NAME_WORD_EARLY})"
+                       r"(?=[ \t]*(?:[!?]|\.(?:\s+\p{Lu}\p{Ll}|\s*$)|$))")
+# "Lufthansa customer care, Will speaking.": an agent's own name before "speaking".
+_SPEAKING = re.compile(rf"(?:^|[,.!?][ \t]+)(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY})?)[ \t]+"
+                       r"(?:speaking|here)(?=\s*[,.!?]|\s*$)")
+# "I'll call Wojciech now", "ask for Bronwyn": one given name after a verb that reaches a person.
+_CALL_NAME = re.compile(rf"\b(?i:call|ring|ask\s+for|speak\s+(?:to|with)|transfer\s+you\s+to|put\s+you\s+through\s+to)"
+                        rf"[ \t]+(?P<name>{_NAME_WORD_EARLY})(?=\s*(?:[,.!?]|$|\s+(?i:now|today|back|later|tomorrow"
+                        r"|directly|first|again)\b))")
 # "— Lucía" signing a message on its own line.
-_DASH_SIGNATURE = re.compile(rf"(?:^|\n)[ \t]*(?:—|–|--|-)[ \t]*(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY}){{0,2}})"
+_DASH_SIGNATURE = re.compile(rf"(?:^|\n|[.!?][ \t]+)(?:—|–|--)[ \t]*(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?i:ó|ní|mac|nic|van|de|der|da|di|bin|al)[ \t]+)?{_NAME_WORD_EARLY}){{0,2}})"
                              r"[ \t]*(?=\n|$)")
 _MEDIUM_TRIGGER = re.compile(
     r"\b(?:this\s+is|it's|it\s+is|its|i'm|i\s+am|im|is\s+this|am\s+i\s+speaking\s+with|speaking\s+with"
@@ -298,11 +326,12 @@ _BOT_AFTER = re.compile(r"[^.!?]{0,40}\b(?:virtual|digital|automated|ai)\s+(?:as
 
 
 # "my husband, Raj Kumar, is on the account": a relation names the person after it.
-_PARTICLE = r"van|der|den|de|del|della|di|da|dos|du|la|le|von|bin|binti|bint|al|el|ní|nic|mac|ter|ten|y|zu"
 _RELATION = re.compile(r"\b(?:my|our|his|her|their|your)\s+(?:husband|wife|spouse|partner|mother|father|mom"
                        r"|dad|son|daughter|sister|brother|grandson|granddaughter|grandmother|grandfather|aunt|uncle|niece"
-                       r"|nephew|cousin|fiancée?|boyfriend|girlfriend)\s*,?\s+"
-                       rf"(?P<name>{_NAME_WORD}(?:\s+{_NAME_WORD})?)",
+                       r"|nephew|cousin|fiancée?|boyfriend|girlfriend|colleague|coworker|co-worker|friend|boss"
+                       r"|manager|assistant|neighbou?r|roommate|flatmate|carer|caregiver|kid|child|stepson|stepdaughter)"
+                       r"\s*,?\s+"
+                       rf"(?P<name>{_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})",
                        re.IGNORECASE)
 # "Hi Jolene," opening a message, "Best,\nTomás Rivera" signing it.
 _GREETING = re.compile(r"(?:^|\n|[.!?¡]\s*)(?:hi|hello|hey|dear|thanks|thank\s+you|merci|danke|gracias|grazie"
@@ -322,21 +351,32 @@ def find_persons(text: str) -> list[tuple[int, int]]:
 
 
 # "Can I have your name?", "What's your son's name?", "Who am I speaking with?"
-NAME_QUESTION = re.compile(r"\b(?:(?:your|his|her|their|the|the\s+\w+'s|\w+'s)\s+"
+NAME_QUESTION = re.compile(r"\b(?:(?:your|his|her|their|the\s+\w+'s|\w+'s)\s+"
                            r"(?:full\s+|first\s+|last\s+|family\s+|given\s+|sur)?name"
+                           r"|the\s+(?:full\s+|first\s+|last\s+|family\s+|given\s+|sur)name"
                            r"|what\s+(?:should|can|shall)\s+i\s+call\s+you|who\s+(?:should|shall)\s+i\s+say"
                            r"|name\s+(?:please|on\s+the)|who\s+(?:am\s+i|do\s+i\s+have|is\s+this|i'm)"
                            r"|pleasure\s+of\s+speaking)", re.IGNORECASE)
-_ANSWER_LEAD = re.compile(r"\s*(?:(?:yes|yeah|sure|okay|ok|hi|hello|um|uh|so)[,.!]?\s+)*"
+_ANSWER_LEAD = re.compile(r"\s*(?:(?:yes|yeah|sure|okay|ok|hi|hello|um|uh|umm|er|so)[,.!]?\s+)*"
                           r"(?:(?:it's|its|this\s+is|i'm|it\s+is)\s+)?")
 _ANSWER_NAME = re.compile(rf"(?P<name>{_NAME_WORD}(?:\s+(?:{_UP}\.\s+)?(?:(?:{_PARTICLE})\s+)*{_NAME_WORD}){{0,2}})"
                           r"(?=\s*(?:[,.;!?(]|$|\s+and\b))")
 
 
+_LOWER_ANSWER = re.compile(r"(?P<name>\p{Ll}[\p{Ll}'’-]+(?:\s+\p{Ll}[\p{Ll}'’-]+){0,2})\s*[.!]?\s*$")
+
+
 def answer_name(text: str) -> tuple[int, int] | None:
-    """The name that opens an answer to a name question: "Oliver Grant, yes he sees ..."."""
+    """The name that opens an answer to a name question: "Oliver Grant, yes he sees ...", or, in a
+    lowercase (ASR) transcript, an answer that is nothing but one to three uncommon words
+    ("um yeah chidi okonkwo")."""
     lead = _ANSWER_LEAD.match(text)
     m = _ANSWER_NAME.match(text, lead.end() if lead else 0)
+    if not m and _lowercase_transcript(text):
+        m = _LOWER_ANSWER.match(text, lead.end() if lead else 0)
+        if m and any(w in lexicon.common_words() or w in _NOT_NAME or w in _FILLERS
+                     for w in m.group("name").split()):
+            return None
     if not m:
         return None
     words = m.group("name").split()
@@ -486,19 +526,26 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
         if low.endswith("bot") or _BOT_AFTER.match(text, m.end("name")):
             continue
         spans.append((m.start("name"), m.end("name")))
-    for rx in (_GREETING, _SIGNATURE, _RELATION, _NAME_LABEL, _UNDER, _HONORIFIC, _DASH_SIGNATURE, _INTRO_FULL):
+    for rx in (_GREETING, _SIGNATURE, _RELATION, _NAME_LABEL, _UNDER, _HONORIFIC, _DASH_SIGNATURE, _INTRO_FULL,
+               _PERSON_CUE, _VOCATIVE, _ROLE_APPOSITION, _SPEAKING, _CALL_NAME):
         for m in rx.finditer(text):
-            words = m.group("name").split()
-            if not all(w[0].isupper() for w in words):
+            words = [w for w in m.group("name").split() if w.lower() not in _PARTICLES]
+            if not words or not all(w[0].isupper() for w in words):
                 continue
             if rx is _RELATION and re.match(r"(?:our|their)\s+partner", m.group(), re.IGNORECASE):
                 continue  # "our partner, Atlantica": a business partner
             if any(w.lower() in _STOP or w.lower() in _NOT_SURNAME or w.lower() in _BUSINESS
                    or w.lower() in _NOT_INTRO for w in words):
                 continue
-            if rx is _INTRO_FULL and (m.group("name").lower() in _BRANDS or words[0].lower() in lexicon.common_words()
-                                      or any(w.lower() in lexicon.places() for w in words)
-                                      or not _known_or_foreign(words[0])):
+            if rx is _CALL_NAME and not is_given(words[0].lower()):
+                continue
+            if any(re.search(r"['’](?:s|re|ll|ve|d|m)$", w, re.IGNORECASE) for w in words):
+                continue  # "He's here", "They're": a contraction, not a name
+            if rx in (_INTRO_FULL, _PERSON_CUE, _VOCATIVE, _CALL_NAME) and (
+                    m.group("name").lower() in _BRANDS or any(w.lower() in lexicon.common_words()
+                                                              or w.lower() in lexicon.places()
+                                                              or w.lower() in _NOT_NAME for w in words)
+                    or not _known_or_foreign(words[0])):
                 continue
             spans.append(m.span("name"))
     if lowercase:

@@ -63,6 +63,9 @@ _CUE_SPECS: list[tuple[str, str]] = [
           r"|postal|extension|ext\.?|pin|promo|coupon|voucher|receipt|transaction|suite|apt|apartment"
           r"|dispute|part(?:\s+(?:number|no\.?|#))?|item|product|article|parcel|shipment|consignment|awb"
           r"|refund|〒"
+          # order and invoice numbers in other languages
+          r"|factura|fattura|facture|rechnung|faktura|fatura|bestellnummer|bestellung|auftragsnummer|pedido"
+          r"|commande|zamówienie|zamówienia|ordine|bestelling|vorgangsnummer|referencia|référence|riferimento"
           r"|street|avenue|plan|press")),
     # Money said around a number ("a draft of one forty-three twenty-five"). Vetoes
     # only within its own turn: an earlier "refund" says nothing about the next answer.

@@ -453,6 +453,8 @@ def _propagate_names(turns: list[_Turn]) -> None:
     for prev, t in zip(turns, turns[1:]):
         if prev.speaker != t.speaker and names.NAME_QUESTION.search(prev.text):
             span = names.answer_name(t.text)
+            if span and " " not in t.text[span[0]:span[1]].strip() and "?" not in prev.text:
+                span = None  # one word answers a question only ("Yefremova"), not a remark about names
             if span:
                 t.cands.append(_Cand(*span, PERSON))
     known: set[str] = set()
