@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, code in (("before", args.before), ("after", ROOT)):
         if code is None:
             continue
-        out = subprocess.run([sys.executable, __file__, "--worker", str(code), "--repeats", str(args.repeats)],
+        out = subprocess.run([sys.executable, __file__, "--worker", str(code), "--repeats",
+                              str(args.repeats)],
                              check=True, capture_output=True, text=True, cwd=code)
         runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
     sys.path.insert(0, str(ROOT))
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = list(runs)
     for name, entry in result["corpora"].items():
         print(f"\n{name}")
-        print(f"{'entity':<16}{'support':>8}" + "".join(f"{lab + ' R':>10}{lab + ' P':>10}" for lab in labels))
+        print(f"{'entity':<16}{'support':>8}"
+              + "".join(f"{lab + ' R':>10}{lab + ' P':>10}" for lab in labels))
         types = entry[labels[-1]]["scores"]
         for et in types:
             row = f"{et:<16}{types[et]['support']:>8}"
@@ -129,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                 row += f"{sc['recall']:>10.3f}{sc['precision']:>10.3f}" if sc else f"{'-':>10}{'-':>10}"
             print(row)
         print("hard negatives redacted: " + ", ".join(
-            f"{lab} {entry[lab]['negatives']['redacted']}/{entry[lab]['negatives']['total']}" for lab in labels
-            if lab in entry))
+            f"{lab} {entry[lab]['negatives']['redacted']}/{entry[lab]['negatives']['total']}"
+            for lab in labels if lab in entry))
     print("\nsample data: " + "; ".join(
-        f"{lab}: {s['turns_per_s']} turns/s, {100 * s['redacted_token_share']:.2f}% of tokens redacted, {s['spans']}"
+        f"{lab}: {s['turns_per_s']} turns/s, {100 * s['redacted_token_share']:.2f}% of tokens redacted, "
+        f"{s['spans']}"
         for lab, s in result["sample_data"].items()))
     if "speed_ratio_before_over_after" in result:
         print(f"time after / before: {result['speed_ratio_before_over_after']}x")

@@ -73,24 +73,37 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_data_pii_report(args) -> int:
-    from convtune.pii.evaluate import RECALL_GATES, evaluate_corpus
+    from convtune.pii.evaluate import (
+        CORPORA,
+        PRECISION_FLOOR,
+        RECALL_GATES,
+        evaluate_corpus,
+        gate_failures,
+        side_by_side,
+    )
 
-    report = evaluate_corpus(args.corpus)
-    print(report.format_table())
-    failed = {e: g for e, g in RECALL_GATES.items() if report.scores[e].recall < g}
-    for entity, gate in failed.items():
-        print(f"recall gate failed: {entity} {report.scores[entity].recall:.3f} < {gate}")
+    corpora = args.corpus or [Path(c) for c in CORPORA]
+    reports = {Path(c).stem: evaluate_corpus(c) for c in corpora}
+    print(side_by_side(reports))
+    failed = {name: gate_failures(r) for name, r in reports.items()}
+    for name, lines in failed.items():
+        for line in lines:
+            print(f"{name}: {line}")
     if args.json:
-        rows = {
-            sc.entity: {"support": sc.support, "tp": sc.tp, "fn": sc.fn, "predicted": sc.predicted,
-                        "fp": sc.fp, "recall": sc.recall, "precision": sc.precision}
-            for sc in [*report.scores.values(), report.micro]
+        payload = {
+            "recall_gates": RECALL_GATES, "precision_floor": PRECISION_FLOOR,
+            "corpora": {name: {
+                "corpus": str(path),
+                "scores": {sc.entity: {"support": sc.support, "tp": sc.tp, "fn": sc.fn, "predicted": sc.predicted,
+                                       "fp": sc.fp, "recall": sc.recall, "precision": sc.precision}
+                           for sc in [*r.scores.values(), r.micro]},
+                "hard_negatives": r.negatives, "hard_negatives_redacted": r.negatives_hit,
+                "gate_failures": failed[name]}
+                for (name, r), path in zip(reports.items(), corpora)},
         }
-        payload = {"corpus": str(args.corpus), "scores": rows, "recall_gates": RECALL_GATES,
-                   "hard_negatives": report.negatives, "hard_negatives_redacted": report.negatives_hit}
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
-    return 1 if failed else 0
+    return 1 if any(failed.values()) else 0
 
 
 def cmd_analytics(args) -> int:
@@ -161,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.set_defaults(func=cmd_data_stats)
 
-    p = dsub.add_parser("pii-report", help="PII recall/precision per entity type on a labelled corpus")
-    p.add_argument("--corpus", type=Path, default=Path("benchmarks/pii_corpus.jsonl"))
+    p = dsub.add_parser("pii-report", help="PII recall/precision per entity type on labelled corpora, side by side")
+    p.add_argument("--corpus", type=Path, nargs="+",
+                   help="one or more labelled corpora (default: both in benchmarks/)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.set_defaults(func=cmd_data_pii_report)
 

@@ -114,12 +114,17 @@ def test_analytics_json_matches_hand_check(tmp_path, capsys):
 
 def test_pii_report_command(tmp_path, capsys):
     out = tmp_path / "pii.json"
-    assert main(["data", "pii-report", "--corpus", str(ROOT / "benchmarks" / "pii_corpus.jsonl"),
-                 "--json", str(out)]) == 0
+    corpora = [ROOT / "benchmarks" / "pii_corpus.jsonl", ROOT / "benchmarks" / "pii_corpus_intl.jsonl"]
+    assert main(["data", "pii-report", "--corpus", *map(str, corpora), "--json", str(out)]) == 0
     table = capsys.readouterr().out
+    header = table.splitlines()[0]
+    assert "pii_corpus recall" in header and "pii_corpus_intl recall" in header  # side by side
     assert "CREDIT_CARD" in table and "PERSON" in table
     report = json.loads(out.read_text())
-    assert set(report["scores"]) >= {"CREDIT_CARD", "SSN", "PHONE", "EMAIL", "PERSON", "ALL"}
-    assert report["scores"]["ALL"]["support"] >= 200
-    for entity, gate in report["recall_gates"].items():
-        assert report["scores"][entity]["recall"] >= gate, entity
+    assert set(report["corpora"]) == {"pii_corpus", "pii_corpus_intl"}
+    for corpus in report["corpora"].values():
+        assert set(corpus["scores"]) >= {"CREDIT_CARD", "SSN", "PHONE", "EMAIL", "PERSON", "ADDRESS", "ALL"}
+        assert corpus["scores"]["ALL"]["support"] >= 300
+        assert corpus["gate_failures"] == []
+        for entity, gate in report["recall_gates"].items():
+            assert corpus["scores"][entity]["recall"] >= gate, entity

@@ -30,15 +30,16 @@ _CAPW = rf"{_U}[\p{{L}}'’]*(?:[-/]{_U}?[\p{{L}}'’]+)*\.?"
 _ANYW = r"[\p{L}][\p{L}'’]*(?:-[\p{L}]+)*"
 # A place word: "Manchester", "Kadıköy/İstanbul", "Saint-Denis" (two letters at least, no digits after).
 _PLACEW = rf"{_U}[\p{{L}}'’]+(?:[-/]{_U}?[\p{{L}}'’]+)*(?![\p{{L}}\d])"
-_CONNECT = r"(?i:de|del|de\s+la|de\s+los|de\s+las|da|do|dos|das|di|della|delle|dei|du|des|de\s+l'|d'|la|le|les|am|an|auf|im|in|der|den|op|aan|van|von|sur|sous|upon|on|under|the|y|e|i)"
-_ENG_SUFFIX = (r"street|st|avenue|ave|av|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|way|terrace"
-               r"|ter|circle|cir|parkway|pkwy|highway|hwy|trail|trl|square|sq|loop|row|alley|crescent|cres"
+_CONNECT = (r"(?i:de|del|de\s+la|de\s+los|de\s+las|da|do|dos|das|di|della|delle|dei|du|des|de\s+l'|d'|la|le"
+            r"|les|am|an|auf|im|in|der|den|op|aan|van|von|sur|sous|upon|on|under|the|y|e|i)")
+_ENG_SUFFIX = (r"street|st|avenue|ave|av|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|place|pl|way"
+               r"|terrace|ter|circle|cir|parkway|pkwy|highway|hwy|trail|trl|square|sq|loop|row|alley|crescent|cres"
                r"|close|plaza|pike|run|path|walk|ridge|heights|hts|grove|gardens|gdns|mews|hill|park|green"
                r"|parade|esplanade|quay|wharf|gate|rise|view|vale|broadway|marg|nagar|salai")
 _DIR = r"(?i:north|south|east|west|n|s|e|w|ne|nw|se|sw)\.?"
 # Street types written before the name: "rue de la Paix", "Calle Mayor", "ul. Marszałkowska".
-_PREFIX_TYPE = (r"rue|avenue|av\.|avda\.?|bd|boulevard|blvd|chemin|allée|impasse|quai|route|cours|place|passage"
-                r"|calle|c/|carrer|avenida|paseo|plaza|camino|carretera|ronda|travesía|rua|travessa|largo"
+_PREFIX_TYPE = (r"rue|avenue|av\.|avda\.?|bd|boulevard|blvd|chemin|allée|impasse|quai|route|cours|place"
+                r"|passage|calle|c/|carrer|avenida|paseo|plaza|camino|carretera|ronda|travesía|rua|travessa|largo"
                 r"|estrada|alameda|praça|via|viale|piazza|corso|vicolo|strada|ul\.|ulica|al\.|aleja|os\.|pl\."
                 r"|jalan|jl\.|soi|thanon|rruga|ulitsa|prospekt|str\.|strada|sokak|sok\.|cadde(?:si)?|cd\.|heol|ffordd"
                 r"|vul\.|vulytsia|ulitsa|ul\.")
@@ -48,7 +49,8 @@ _COMPOUND = (r"straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer|graben
              r"|gate|vej|gade|vegur|gata|utca|út|tér|körút|ulice|náměstí|třída|nábřeží|ova|cesta|caddesi"
              r"|sokak|sokağı|bulvarı|-ro|-gil|-dong|-daero")
 # "27", "221B", "84/92", "2-1-33"; spoken "sixteen oh two" arrives as "16 0 2".
-_HOUSE = r"(?:\d{1,5}(?:[A-Za-z]|bis|ter|-[A-Z]\b|\s+huis\b)?(?:[-/]\d{1,5}[A-Za-z]?){0,2}|\d{1,2}(?: \d{1,2}){1,2}(?![ ]\d)|\d(?: \d){1,4})"
+_HOUSE = (r"(?:\d{1,5}(?:[A-Za-z]|bis|ter|-[A-Z]\b|\s+huis\b)?(?:[-/]\d{1,5}[A-Za-z]?){0,2}"
+          r"|\d{1,2}(?: \d{1,2}){1,2}(?![ ]\d)|\d(?: \d){1,4})")
 _NAME = rf"(?:{_ANYW}|\d+(?:st|nd|rd|th))"
 _STOP_WORD = (r"the|a|an|to|of|on|in|at|for|from|by|and|or|but|my|your|our|his|her|their|this|that|is|are|was"
               r"|were|be|it|its|i|we|you|they|he|she|minutes?|hours?|days?|weeks?|months?|years?|times?"
@@ -66,23 +68,24 @@ _STREET_TYPE_FIRST = (rf"(?<![\w-])(?i:{_PREFIX_TYPE})\s*(?:(?:{_CONNECT})\s+)?{
                       rf"(?i:no\.?\s*:?\s*)?{_HOUSE}\b")
 _STREET_COMPOUND = (rf"(?<![\w-])(?:(?:Am|An|Auf|Im|In|Der|De|Het)\s+)?{_U}[\p{{L}}'’-]*(?i:{_COMPOUND})"
                     rf"(?:\s+(?i:no\.?\s*:?\s*)?{_HOUSE}\b)")
-_STREET_COMPOUND_SEP = (rf"(?<![\w-]){_CAPW}(?:\s+{_CAPW})?\s+(?i:iela|pr\.|prospektas|gatvė|g\.|tänav|mnt\.?|út|utca|straße|strasse|weg|gasse|platz|allee|laan"
+_STREET_COMPOUND_SEP = (rf"(?<![\w-]){_CAPW}(?:\s+{_CAPW})?\s+(?i:iela|pr\.|prospektas|gatvė|g\.|tänav|mnt\.?"
+                        rf"|út|utca|straße|strasse|weg|gasse|platz|allee|laan"
                         rf"|straat|caddesi|sokak|sokağı)\s+(?i:no\.?\s*:?\s*)?{_HOUSE}\b")
 _STREET_ASIAN = (rf"(?<![\w.,:$£€/-])\d{{1,4}}(?:-\d{{1,4}}){{1,2}}[ \t]+{_CAPW}(?:-{_CAPW})?"
                  rf"|(?<![\w.,:$£€/-])\d{{1,4}}\s+{_CAPW}-(?:ro|gil|daero|dong)\b(?:\s+\d{{1,4}}-(?:gil|ro)\b)?")
-_PO_BOX = (r"(?<![\w.])(?i:p\.?\s?o\.?\s*box|post\s+office\s+box|postfach|apartado(?:\s+de\s+correos)?|casilla"
-           r"|boîte\s+postale|bp|caixa\s+postal|private\s+bag|locked\s+bag|gpo\s+box|rr\s+\d+\s+box)"
+_PO_BOX = (r"(?<![\w.])(?i:p\.?\s?o\.?\s*box|post\s+office\s+box|postfach|apartado(?:\s+de\s+correos)?"
+           r"|casilla|boîte\s+postale|bp|caixa\s+postal|private\s+bag|locked\s+bag|gpo\s+box|rr\s+\d+\s+box)"
            r"\s*\d{1,6}(?:[- ]\d{1,6}){0,5}\b")
 _STREET_NO_NUM = (rf"(?<![\w-])(?!(?i:{_STOP_WORD})\b){_CAPW}(?:\s+(?!(?i:{_STOP_WORD})\b){_CAPW}){{0,2}}\s+"
                   rf"(?i:street|st|road|rd|lane|ln|avenue|ave|drive|dr|close|crescent|way|terrace|place|grove"
                   rf"|gardens|square|marg|nagar)\b\.?")
 
 # After an address cue, a capitalised name and a number is a street: "deliver to Dizengoff 99".
-_STREET_AFTER_CUE = (rf"{_CAPW}(?:\s+(?:(?:{_CONNECT})\s+)?(?:{_CAPW}|{_L}{{1,4}}\.?)){{0,3}},?\s+(?i:no\.?\s*)?"
-                     rf"{_HOUSE}\b")
+_STREET_AFTER_CUE = (rf"{_CAPW}(?:\s+(?:(?:{_CONNECT})\s+)?(?:{_CAPW}|{_L}{{1,4}}\.?)){{0,3}},?\s+"
+                     rf"(?i:no\.?\s*)?{_HOUSE}\b")
 # After an address cue, a capitalised name and a number is a street: "my address to Andrássy út 60".
-_CUED_STREET = (r"(?<=(?i:address|adresse|anschrift|addr\.?|dirección|direccion|indirizzo|endereço|morada|adres"
-                r"|adresa|osoite|cím|live\s+at|living\s+at|lives\s+at|moved\s+to)(?:\s+(?i:is|to|at))?:?\s{1,3})"
+_CUED_STREET = (r"(?<=(?i:address|adresse|anschrift|addr\.?|dirección|direccion|indirizzo|endereço|morada"
+                r"|adres|adresa|osoite|cím|live\s+at|living\s+at|lives\s+at|moved\s+to)(?:\s+(?i:is|to|at))?:?\s{1,3})"
                 + _STREET_AFTER_CUE)
 # After "to" / "at" the same shape needs a place or postcode after it: "send the technician to Dizengoff
 # 99, Tel Aviv" (not "go to Gate 12").
@@ -95,11 +98,13 @@ WEAK_ANCHOR_RE = re.compile(_STREET_NO_NUM)
 
 # ---------------------------------------------------------------- parts around an anchor
 _SEP = r"(?:[ \t]*,[ \t]*(?:\n[ \t]*)?|[ \t]*\n[ \t]*|[ \t]*/[ \t]*|[ \t]+-[ \t]+|[ \t]+)"
-_UNIT_WORDS = sorted("""apt apartment unit suite ste flat fl floor level lvl huis piso apto depto dpto dept puerta pta
-esc escalera portal bloque m. lok. lokal bus boîte bte étage room rm no. no nr. nr d: block blk number tower
-building bldg wing plot door stiege top whg. whg mieszkanie kv. kv app. app ap. ap bât. bât lot villa col. colonia urb. bo. sector phase""".split(),
+_UNIT_WORDS = sorted("""apt apartment unit suite ste flat fl floor level lvl huis piso apto depto dpto dept
+puerta pta esc escalera portal bloque m. lok. lokal bus boîte bte étage room rm no. no nr. nr d: block blk
+number tower building bldg wing plot door stiege top whg. whg mieszkanie kv. kv app. app ap. ap bât. bât lot
+villa col. colonia urb. bo. sector phase""".split(),
                      key=len, reverse=True)
-_UNIT = (r"(?:house\s+no\.?|h\.\s?no\.?|\#|(?:" + "|".join(re.escape(w) for w in _UNIT_WORDS) + r")(?![\p{L}]))"
+_UNIT = (r"(?:house\s+no\.?|h\.\s?no\.?|\#|(?:" + "|".join(re.escape(w) for w in _UNIT_WORDS)
+         + r")(?![\p{L}]))"
          r"\s*[:.#]?\s*(?:\d{1,4}[ ]?(?:[B-HJ-Zb-hj-z]\b|[AaIi]\b(?![ ]?[A-Za-z]))|[\w/-]{1,8}\b)\.?")
 _FLOOR = (r"\d{1,2}\s?(?:\.?º|\.?ª|er|e|st|nd|rd|th)(?:\s?(?:izquierda|derecha|izq\.?|izda\.?|dcha\.?|esq\.?"
           r"|esquerdo|direito|dto\.?|[A-Z0-9]ª?(?![\w])))?\.?"
@@ -128,8 +133,8 @@ POSTCODE_RE = re.compile(_POSTCODE)
 STATE_RE = re.compile(_STATE)
 PLACE_RE = re.compile(_PLACE)
 SEP_RE = re.compile(_SEP)
-_BUILDING = (r"(?:apartments?|apts|residency|residences|towers?|court|house|cottage|building|bldg|plaza|centre"
-             r"|center|complex|mansions?|heights|villa|villas|enclave|chambers|estate|farm|lodge|manor|hall"
+_BUILDING = (r"(?:apartments?|apts|residency|residences|towers?|court|house|cottage|building|bldg|plaza"
+             r"|centre|center|complex|mansions?|heights|villa|villas|enclave|chambers|estate|farm|lodge|manor|hall"
              r"|condominium|condo|block\s+\w+)")
 BUILDING_RE = re.compile(rf"{_PLACE}\s+{_BUILDING}\b|{_CAPW}(?:\s+{_CAPW})?(?=\s*,)", re.IGNORECASE)
 _LOWER_PLACE_MAX = 2
@@ -241,8 +246,8 @@ def _grow_right(text: str, end: int, lowercase: bool, common: frozenset[str]) ->
     return end, kinds
 
 
-_UNIT_BEFORE = re.compile(r"(?:house\s+no\.?|h\.\s?no\.?|no\.?|flat|unit|apt\.?|apartment|suite|door|lot)\s*$",
-                          re.IGNORECASE)
+_UNIT_BEFORE = re.compile(r"(?:house\s+no\.?|h\.\s?no\.?|no\.?|flat|unit|apt\.?|apartment|suite|door|lot)"
+                          r"\s*$", re.IGNORECASE)
 _LEFT_PARTS = (("unit", re.compile(rf"(?:{_UNIT}|{_FLOOR}|[A-Z]-?\d{{1,4}})$", re.IGNORECASE)),
                ("building", re.compile(rf"{_PLACE}\s+(?i:{_BUILDING})(?:\s+\w{{1,4}})?$")),
                ("house", re.compile(rf"(?:^|(?<=\s|:)){_PLACEW}$")))
@@ -265,7 +270,8 @@ def _grow_left(text: str, start: int) -> tuple[int, set[str]]:
         for kind, rx in _LEFT_PARTS:
             m = rx.search(head, max(0, len(head) - 60))
             if m and m.group().split()[0].lower().strip(".") not in _NOT_PLACE and not (
-                    kind == "house" and (m.group().lower() in given_names() or m.group().lower() in common_words()
+                    kind == "house" and (m.group().lower() in given_names()
+                                         or m.group().lower() in common_words()
                                          or m.group().lower() in surnames() or "\n" in sep.group()
                                          or any(ord(ch) > 127 for ch in m.group())
                                          or "'" in m.group() or "’" in m.group())):
@@ -316,8 +322,8 @@ def find_addresses(norm_text: str) -> list[tuple[int, int]]:
     return merged
 
 
-_ADDRESS_QUESTION = re.compile(r"(?i:\b(?:address|postcode|post\s+code|postal\s+code|zip(?:\s+code)?|city|town"
-                               r"|suburb|which\s+street|street\s+name|eircode|plz)\b[^?]*\?)")
+_ADDRESS_QUESTION = re.compile(r"(?i:\b(?:address|postcode|post\s+code|postal\s+code|zip(?:\s+code)?|city"
+                               r"|town|suburb|which\s+street|street\s+name|eircode|plz)\b[^?]*\?)")
 
 
 def asks_for_address(text: str) -> bool:

@@ -89,7 +89,8 @@ _BRANDS = frozenset({"mr coffee", "mr clean", "dr pepper", "dr martens", "dr sch
 
 _UP, _LOW = r"\p{Lu}", r"\p{Ll}"
 _NAME_WORD_EARLY = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
-_PARTICLE = r"van|der|den|de|del|della|di|da|dos|du|la|le|von|bin|binti|bint|al|el|ní|nic|mac|ter|ten|y|zu|ó|ua"
+_PARTICLE = (r"van|der|den|de|del|della|di|da|dos|du|la|le|von|bin|binti|bint|al|el|ní|nic|mac|ter|ten"
+             r"|y|zu|ó|ua")
 _PARTICLES = frozenset(_PARTICLE.split("|"))
 _CAP = rf"{_UP}(?:['’]{_UP})?{_LOW}+(?:{_UP}{_LOW}+)?(?:-{_UP}{_LOW}+)?"
 _ANYWORD = r"\p{L}(?:['’]\p{L})?\p{Ll}*(?:-\p{L}\p{Ll}+)?"
@@ -113,19 +114,22 @@ _NAME_LABEL = re.compile(
     r"|contact\s+person|attn\.?|attention|c/o|vorname|nachname|familienname|empfänger|nom|prénom"
     r"|destinataire|nombre|apellidos?|destinatario|nome|cognome|imię|nazwisko|naam|voornaam|achternaam"
     r"|sobrenome)[ \t]*[:\-][ \t]*"
-    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:{_UP}\.[ \t]+)?(?:(?:van|der|den|de|da|di|von|bin|al|el)[ \t]+)*"
+    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:{_UP}\.[ \t]+)?"
+    rf"(?:(?:van|der|den|de|da|di|von|bin|al|el)[ \t]+)*"
     rf"{_NAME_WORD_EARLY}){{0,3}})(?=[ \t]*(?:$|\n|[,.;(]))",
     re.IGNORECASE | re.MULTILINE)
 # "It's under Kowalczyk", "booked under the name Tanaka".
-_UNDER = re.compile(rf"\b(?:under|in\s+the\s+name\s+of|under\s+the\s+name(?:\s+of)?)\s+(?P<name>{_NAME_WORD_EARLY}"
+_UNDER = re.compile(rf"\b(?:under|in\s+the\s+name\s+of|under\s+the\s+name(?:\s+of)?)\s+"
+                    rf"(?P<name>{_NAME_WORD_EARLY}"
                     rf"(?:\s+{_NAME_WORD_EARLY})?)(?=\s*(?:$|[,.;!?]|\s+(?:please|thanks|and)\b))")
 # "Tanaka-san", "Yuki-sama": a Japanese honorific names the person before it.
 _HONORIFIC = re.compile(rf"\b(?P<name>{_NAME_WORD_EARLY})-(?:san|sama|kun|chan|sensei|ji)\b")
 # A full name after a word that announces a person: "account holder Olamide Bakare", "attn Somchai
 # Wongsakul", "Contact Mei Ling Tan at", "addressed to Bronte Lee", "Is that Florence Achterberg?".
 _PERSON_CUE = re.compile(
-    r"\b(?i:account\s+holders?|card\s*holder|attn\.?|attention|contact|call|ring|addressed\s+to|recipient|is\s+that"
-    r"|speak\s+to|ask\s+for|passenger|guest|patient|client|customer|signed\s+by|on\s+behalf\s+of)[ \t]*:?[ \t]+"
+    r"\b(?i:account\s+holders?|card\s*holder|attn\.?|attention|contact|call|ring|addressed\s+to|recipient"
+    r"|is\s+that|speak\s+to|ask\s+for|passenger|guest|patient|client|customer|signed\s+by|on\s+behalf\s+of)"
+    r"[ \t]*:?[ \t]+"
     rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?i:{_PARTICLE})[ \t]+)?{_NAME_WORD_EARLY}){{1,3}})"
     r"(?=[ \t]*(?:$|\n|[,.;:!?(]|\s+(?i:at|on|from|tel|phone|will|should|is|has|and)\b))")
 # A role, then the person in it: "The technician, Avraham, will call", "the site manager, Hamid.".
@@ -141,11 +145,14 @@ _VOCATIVE = re.compile(rf"(?<=\p{{L}}),[ \t]+(?P<name>{_NAME_WORD_EARLY})"
 _SPEAKING = re.compile(rf"(?:^|[,.!?][ \t]+)(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY})?)[ \t]+"
                        r"(?:speaking|here)(?=\s*[,.!?]|\s*$)")
 # "I'll call Wojciech now", "ask for Bronwyn": one given name after a verb that reaches a person.
-_CALL_NAME = re.compile(rf"\b(?i:call|ring|ask\s+for|speak\s+(?:to|with)|transfer\s+you\s+to|put\s+you\s+through\s+to)"
-                        rf"[ \t]+(?P<name>{_NAME_WORD_EARLY})(?=\s*(?:[,.!?]|$|\s+(?i:now|today|back|later|tomorrow"
-                        r"|directly|first|again)\b))")
+_CALL_NAME = re.compile(rf"\b(?i:call|ring|ask\s+for|speak\s+(?:to|with)|transfer\s+you\s+to"
+                        rf"|put\s+you\s+through\s+to)"
+                        rf"[ \t]+(?P<name>{_NAME_WORD_EARLY})(?=\s*(?:[,.!?]|$|\s+(?i:now|today|back|later"
+                        r"|tomorrow|directly|first|again)\b))")
 # "— Lucía" signing a message on its own line.
-_DASH_SIGNATURE = re.compile(rf"(?:^|\n|[.!?][ \t]+)(?:—|–|--)[ \t]*(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?i:ó|ní|mac|nic|van|de|der|da|di|bin|al)[ \t]+)?{_NAME_WORD_EARLY}){{0,2}})"
+_DASH_SIGNATURE = re.compile(rf"(?:^|\n|[.!?][ \t]+)(?:—|–|--)[ \t]*(?P<name>{_NAME_WORD_EARLY}"
+                             rf"(?:[ \t]+(?:(?i:ó|ní|mac|nic|van|de|der|da|di|bin|al)[ \t]+)?"
+                             rf"{_NAME_WORD_EARLY}){{0,2}})"
                              r"[ \t]*(?=\n|$)")
 _MEDIUM_TRIGGER = re.compile(
     r"\b(?:this\s+is|it's|it\s+is|its|i'm|i\s+am|im|is\s+this|am\s+i\s+speaking\s+with|speaking\s+with"
@@ -198,7 +205,8 @@ el los las lo una unos unas y o con para por es son yo usted nosotros il lo gli 
 het een en van voor met ik wij jij zij o os um uma com para por eu você não sim ja nie tak
 """)
 # "San Francisco", "Port Louis": words that open place names.
-_PLACE_WORDS = _wordset("san santa saint st sankt fort port mount mt lake new los las el la cape puerto porto")
+_PLACE_WORDS = _wordset("san santa saint st sankt fort port mount mt lake new los las el la cape puerto"
+                        " porto")
 _NOT_NAME = _CALENDAR | _STOP | _NOT_SURNAME | _BUSINESS | _FOREIGN_FUNCTION | _PLACE_WORDS
 
 
@@ -242,7 +250,8 @@ def _extend_surname(text: str, first: re.Match[str], lowercase_ok: bool, max_ext
             after = _word_at(text, nxt.start() + initial.end())
             if after and after.group()[0].isupper() and len(after.group()) > 1:
                 nxt, w = after, after.group()
-        particles = re.match(rf"(?:(?:{_PARTICLE})[ \t]+){{1,2}}(?={_UP})", text[nxt.start():nxt.start() + 12])
+        particles = re.match(rf"(?:(?:{_PARTICLE})[ \t]+){{1,2}}(?={_UP})",
+                             text[nxt.start():nxt.start() + 12])
         if particles and first.group()[0].isupper():  # "Pieter van der Berg", "Ahmad bin Rahman"
             after = _word_at(text, nxt.start() + particles.end())
             if after:
@@ -308,11 +317,13 @@ def _whole_word(text: str, start: int, end: int) -> tuple[int, int]:
 _INTRO = re.compile(r"\b(?:this\s+is|i'm|i\s+am|my\s+name\s+is|my\s+name's|name's|speaking\s+with"
                     r"|c'est|je\s+suis|ich\s+bin|hier\s+ist|soy|sono|sou|jestem|ik\s+ben|hier\s+is)\s+"
                     r"(?:(?:uh|um|er)\s+)*(?P<name>[A-Z][^\W\d_]+(?:-[A-Z][^\W\d_]+)?)"
-                    r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|with|from|at|in|on|de|aus|von|da|di)\b)", re.IGNORECASE)
+                    r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|with|from|at|in|on|de|aus|von|da|di)\b)",
+                    re.IGNORECASE)
 # The same introductions with a full name: "c'est Geneviève Tremblay.", "this is Olamide Bakare,".
 _INTRO_FULL = re.compile(r"\b(?:this\s+is|i'm|i\s+am|c'est|je\s+suis|ich\s+bin|hier\s+ist|soy|sono|sou|jestem"
                          r"|ik\s+ben|hier\s+is)\s+"
-                         rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?:van|der|den|de|da|di|von|ter|ó|ní|bin)[ \t]+)?"
+                         rf"(?P<name>{_NAME_WORD_EARLY}"
+                         rf"(?:[ \t]+(?:(?:van|der|den|de|da|di|von|ter|ó|ní|bin)[ \t]+)?"
                          rf"{_NAME_WORD_EARLY}){{1,2}})"
                          r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|from|de|aus|von|da|di)\b)")
 _NOT_INTRO = _wordset("""
@@ -337,11 +348,13 @@ _RELATION = re.compile(r"\b(?:my|our|his|her|their|your)\s+(?:husband|wife|spous
 _GREETING = re.compile(r"(?:^|\n|[.!?¡]\s*)(?:hi|hello|hey|dear|thanks|thank\s+you|merci|danke|gracias|grazie"
                        r"|obrigad[oa]|dziękuję|dzięki|bonjour|hola|hallo|ciao|salut|hej|dank\s+je|bedankt|listo)"
                        r"[ \t]*,?[ \t]+"
-                       rf"(?:(?:mr|mrs|ms|dr|herr|frau|sr|sra|m|mme)\.?[ \t]+)?(?P<name>{_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"
+                       rf"(?:(?:mr|mrs|ms|dr|herr|frau|sr|sra|m|mme)\.?[ \t]+)?"
+                       rf"(?P<name>{_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)"
                        r"(?=[ \t]*(?:[,!:.]|\n|$))", re.IGNORECASE)
 _SIGNATURE = re.compile(r"(?:thanks|thank\s+you|best|regards|cheers|sincerely|kind\s+regards|best\s+regards"
                         r"|warmly)[ \t]*,?[ \t]*\n[ \t]*"
-                        rf"(?P<name>{_NAME_WORD}(?:[ \t]+(?:{_UP}\.[ \t]+)?{_NAME_WORD}){{0,2}})[ \t]*(?=\n|$)",
+                        rf"(?P<name>{_NAME_WORD}(?:[ \t]+(?:{_UP}\.[ \t]+)?{_NAME_WORD}){{0,2}})"
+                        r"[ \t]*(?=\n|$)",
                         re.IGNORECASE)
 
 
@@ -359,7 +372,8 @@ NAME_QUESTION = re.compile(r"\b(?:(?:your|his|her|their|the\s+\w+'s|\w+'s)\s+"
                            r"|pleasure\s+of\s+speaking)", re.IGNORECASE)
 _ANSWER_LEAD = re.compile(r"\s*(?:(?:yes|yeah|sure|okay|ok|hi|hello|um|uh|umm|er|so)[,.!]?\s+)*"
                           r"(?:(?:it's|its|this\s+is|i'm|it\s+is)\s+)?")
-_ANSWER_NAME = re.compile(rf"(?P<name>{_NAME_WORD}(?:\s+(?:{_UP}\.\s+)?(?:(?:{_PARTICLE})\s+)*{_NAME_WORD}){{0,2}})"
+_ANSWER_NAME = re.compile(rf"(?P<name>{_NAME_WORD}(?:\s+(?:{_UP}\.\s+)?(?:(?:{_PARTICLE})\s+)*{_NAME_WORD})"
+                          rf"{{0,2}})"
                           r"(?=\s*(?:[,.;!?(]|$|\s+and\b))")
 
 
@@ -526,8 +540,8 @@ def _find_persons(text: str) -> list[tuple[int, int]]:
         if low.endswith("bot") or _BOT_AFTER.match(text, m.end("name")):
             continue
         spans.append((m.start("name"), m.end("name")))
-    for rx in (_GREETING, _SIGNATURE, _RELATION, _NAME_LABEL, _UNDER, _HONORIFIC, _DASH_SIGNATURE, _INTRO_FULL,
-               _PERSON_CUE, _VOCATIVE, _ROLE_APPOSITION, _SPEAKING, _CALL_NAME):
+    for rx in (_GREETING, _SIGNATURE, _RELATION, _NAME_LABEL, _UNDER, _HONORIFIC, _DASH_SIGNATURE,
+               _INTRO_FULL, _PERSON_CUE, _VOCATIVE, _ROLE_APPOSITION, _SPEAKING, _CALL_NAME):
         for m in rx.finditer(text):
             words = [w for w in m.group("name").split() if w.lower() not in _PARTICLES]
             if not words or not all(w[0].isupper() for w in words):

@@ -171,8 +171,8 @@ _SPOKEN_YEAR = (rf"(?:nineteen|twenty)[\s-](?:(?:oh|o|zero)[\s-](?:{_UNIT_W})|{_
 _YEAR = rf"(?:(?:19|20)\d\d|'\d\d|{_SPOKEN_YEAR}|(?:{_TENS_W})[\s-](?:{_UNIT_W})|(?:{_TENS_W}))"
 # "march third ninety one, uh, nineteen ninety one": the year said again in full.
 _RESTATED_YEAR = rf"(?:[\s,]+(?:(?:uh|um|i\s+mean)[\s,]+)?(?:{_SPOKEN_YEAR}|(?:19|20)\d\d)(?![\w/]))?"
-_MONTHS_INTL = (r"januar|februar|märz|maerz|mai|juni|juli|oktober|dezember|janvier|février|fevrier|mars|avril|juin"
-                r"|juillet|août|aout|septembre|octobre|novembre|décembre|decembre|enero|febrero|marzo|abril|mayo"
+_MONTHS_INTL = (r"januar|februar|märz|maerz|mai|juni|juli|oktober|dezember|janvier|février|fevrier|mars|avril"
+                r"|juin|juillet|août|aout|septembre|octobre|novembre|décembre|decembre|enero|febrero|marzo|abril|mayo"
                 r"|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre|gennaio|febbraio|aprile"
                 r"|maggio|giugno|luglio|settembre|ottobre|dicembre|janeiro|fevereiro|março|maio|junho|julho"
                 r"|setembro|outubro|dezembro|januari|februari|maart|mei|augustus|stycznia|lutego|marca|kwietnia"
