@@ -94,7 +94,8 @@ def cmd_data_pii_report(args) -> int:
             "recall_gates": RECALL_GATES, "precision_floor": PRECISION_FLOOR,
             "corpora": {name: {
                 "corpus": str(path),
-                "scores": {sc.entity: {"support": sc.support, "tp": sc.tp, "fn": sc.fn, "predicted": sc.predicted,
+                "scores": {sc.entity: {"support": sc.support, "tp": sc.tp, "fn": sc.fn,
+                                       "predicted": sc.predicted,
                                        "fp": sc.fp, "recall": sc.recall, "precision": sc.precision}
                            for sc in [*r.scores.values(), r.micro]},
                 "hard_negatives": r.negatives, "hard_negatives_redacted": r.negatives_hit,
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.set_defaults(func=cmd_data_stats)
 
-    p = dsub.add_parser("pii-report", help="PII recall/precision per entity type on labelled corpora, side by side")
+    p = dsub.add_parser("pii-report",
+                        help="PII recall/precision per entity type on labelled corpora, side by side")
     p.add_argument("--corpus", type=Path, nargs="+",
                    help="one or more labelled corpora (default: both in benchmarks/)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
