@@ -206,6 +206,25 @@ def test_quant_linear_multiplies_by_its_rounded_weight(bits):
     assert QuantLinear.from_linear(torch.nn.Linear(48, 10), 4).bits == 8  # shapes 4-bit kernels refuse
 
 
+def test_quant_linear_prefills_on_the_float_weight_and_decodes_on_the_packed_one():
+    """A forward of ``float_rows`` token rows or more (a prompt) is the fp32 layer's; fewer rows
+    (decode steps) go through the packed kernel; ``set_float_rows(None)`` packs every forward."""
+    import torch
+
+    from convtune.inference.quantize import QuantLinear, set_float_rows
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = QuantLinear.from_linear(lin, 4)
+    model = torch.nn.Sequential(q)
+    prompt, step = torch.randn(1, q.float_rows, 64), torch.randn(2, 1, 64)
+    with torch.no_grad():
+        assert torch.equal(q(prompt), lin(prompt))  # bit-equal: the float weight itself
+        assert not torch.equal(q(step), lin(step))  # packed: rounded weights, bf16 activations
+        set_float_rows(model, None)
+        assert not torch.equal(q(prompt), lin(prompt))
+
+
 def test_server_loads_the_fast_cpu_path_by_default(tiny_model_dir, tmp_path):
     from convtune.inference.quantize import QuantLinear
     from serve.context import build_context
