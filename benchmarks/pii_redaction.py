@@ -18,7 +18,8 @@ Measured per checkout:
 Prints a table, writes ``benchmarks/results/pii_redaction.json``:
 ``{"machine", "corpora": {name: {"after": {type: {"support", "recall", "precision"}}, "before": ...,
 "negatives": {...}}}, "sample_data": {"after": {"turns", "turns_per_s", "redacted_token_share",
-"spans"}, "before": ...}, "speed_ratio_before_over_after"}``.
+"spans", "lexicon": {"load_s", "memory_mb"}}, "before": ...}, "sample_data_changes": {"spans_added",
+"spans_removed"}, "speed_ratio_before_over_after"}``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ def measure(repeats: int) -> dict:
     from convtune.pii.evaluate import evaluate, load_corpus
     from convtune.pii.redact import redact_conversation
 
+    lexicon = None
+    try:  # the name lexicon's first load (absent in checkouts before it)
+        import tracemalloc
+
+        from convtune.pii import lexicon as lex
+
+        start = time.perf_counter()
+        lex.given_names()
+        seconds = time.perf_counter() - start
+        lex._lists.cache_clear()
+        tracemalloc.start()
+        lex.given_names()
+        memory_mb = tracemalloc.get_traced_memory()[0] / 1e6
+        lexicon = {"load_s": round(seconds, 3), "memory_mb": round(memory_mb, 1)}
+        tracemalloc.stop()
+    except ImportError:
+        pass
     corpora = {}
     for name, path in CORPORA.items():
         if not path.exists():
@@ -77,7 +95,9 @@ def measure(repeats: int) -> dict:
     sample = {"conversations": len(convs), "turns": turns, "seconds": round(best, 3),
               "turns_per_s": round(turns / best, 1), "tokens": tokens, "redacted_tokens": redacted,
               "redacted_token_share": round(redacted / tokens, 5),
-              "spans": dict(sorted(Counter(sp.entity for sp in spans).items()))}
+              "spans": dict(sorted(Counter(sp.entity for sp in spans).items())), "lexicon": lexicon,
+              "span_list": sorted({f"{c.id}/{sp.turn_index} {sp.entity}: {sp.text}"
+                                   for c, conv_spans in zip(convs, per_conv) for sp in conv_spans})}
     return {"corpora": corpora, "sample_data": sample}
 
 
@@ -112,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                 entry[label] = r["corpora"][name]
         if entry:
             result["corpora"][name] = entry
+    span_lists = {label: set(r["sample_data"].pop("span_list")) for label, r in runs.items()}
     for label, r in runs.items():
         result["sample_data"][label] = r["sample_data"]
     if "before" in runs:
+        # what changed on the sample data, span by span (the precision check on text nobody labelled)
+        result["sample_data_changes"] = {"spans_added": sorted(span_lists["after"] - span_lists["before"]),
+                                         "spans_removed": sorted(span_lists["before"] - span_lists["after"])}
         result["speed_ratio_before_over_after"] = round(
             runs["after"]["sample_data"]["seconds"] / runs["before"]["sample_data"]["seconds"], 2)
 

@@ -41,12 +41,12 @@ _DIR = r"(?i:north|south|east|west|n|s|e|w|ne|nw|se|sw)\.?"
 _PREFIX_TYPE = (r"rue|avenue|av\.|avda\.?|bd|boulevard|blvd|chemin|allée|impasse|quai|route|cours|place"
                 r"|passage|calle|c/|carrer|avenida|paseo|plaza|camino|carretera|ronda|travesía|rua|travessa|largo"
                 r"|estrada|alameda|praça|via|viale|piazza|corso|vicolo|strada|ul\.|ulica|al\.|aleja|os\.|pl\."
-                r"|jalan|jl\.|soi|thanon|rruga|ulitsa|prospekt|str\.|strada|sokak|sok\.|cadde(?:si)?|cd\.|heol|ffordd"
-                r"|vul\.|vulytsia|ulitsa|ul\.")
+                r"|jalan|jl\.|soi|thanon|rruga|ulitsa|prospekt|str\.|sokak|sok\.|cadde(?:si)?|cd\.|heol|ffordd"
+                r"|vul\.|vulytsia")
 # Street words that end a compound name: "Hauptstraße", "Koskikatu", "Keizersgracht", "Laugavegur".
 _COMPOUND = (r"straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer|graben|steig|chaussee|laan|straat"
-             r"|gracht|plein|kade|singel|dijk|weg|katu|tie|kuja|polku|väylä|vägen|gatan|gränd|väg|veien|gata"
-             r"|gate|vej|gade|vegur|gata|utca|út|tér|körút|ulice|náměstí|třída|nábřeží|ova|cesta|caddesi"
+             r"|gracht|plein|kade|singel|dijk|katu|tie|kuja|polku|väylä|vägen|gatan|gränd|väg|veien|gata"
+             r"|gate|vej|gade|vegur|utca|út|tér|körút|ulice|náměstí|třída|nábřeží|ova|cesta|caddesi"
              r"|sokak|sokağı|bulvarı|-ro|-gil|-dong|-daero")
 # "27", "221B", "84/92", "2-1-33"; spoken "sixteen oh two" arrives as "16 0 2".
 _HOUSE = (r"(?:\d{1,5}(?:[A-Za-z]|bis|ter|-[A-Z]\b|\s+huis\b)?(?:[-/]\d{1,5}[A-Za-z]?){0,2}"

@@ -62,3 +62,8 @@ class PiiSpan:
     end: int
     entity: str
     text: str
+
+
+# How sure a detector is of a candidate span; the stronger one wins where candidates overlap.
+STRONG = 2
+WEAK = 1

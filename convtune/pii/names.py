@@ -88,7 +88,8 @@ _BRANDS = frozenset({"mr coffee", "mr clean", "dr pepper", "dr martens", "dr sch
                      "ralph lauren", "hugo boss", "jack daniels", "ben jerry", "johnson johnson"})
 
 _UP, _LOW = r"\p{Lu}", r"\p{Ll}"
-_NAME_WORD_EARLY = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
+# One capitalised name word: "Müller", "McLeod", "O'Connor", "Fernández-López".
+_NAME_WORD = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
 _PARTICLE = (r"van|der|den|de|del|della|di|da|dos|du|la|le|von|bin|binti|bint|al|el|ní|nic|mac|ter|ten"
              r"|y|zu|ó|ua")
 _PARTICLES = frozenset(_PARTICLE.split("|"))
@@ -114,45 +115,45 @@ _NAME_LABEL = re.compile(
     r"|contact\s+person|attn\.?|attention|c/o|vorname|nachname|familienname|empfänger|nom|prénom"
     r"|destinataire|nombre|apellidos?|destinatario|nome|cognome|imię|nazwisko|naam|voornaam|achternaam"
     r"|sobrenome)[ \t]*[:\-][ \t]*"
-    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:{_UP}\.[ \t]+)?"
+    rf"(?P<name>{_NAME_WORD}(?:[ \t]+(?:{_UP}\.[ \t]+)?"
     rf"(?:(?:van|der|den|de|da|di|von|bin|al|el)[ \t]+)*"
-    rf"{_NAME_WORD_EARLY}){{0,3}})(?=[ \t]*(?:$|\n|[,.;(]))",
+    rf"{_NAME_WORD}){{0,3}})(?=[ \t]*(?:$|\n|[,.;(]))",
     re.IGNORECASE | re.MULTILINE)
 # "It's under Kowalczyk", "booked under the name Tanaka".
 _UNDER = re.compile(rf"\b(?:under|in\s+the\s+name\s+of|under\s+the\s+name(?:\s+of)?)\s+"
-                    rf"(?P<name>{_NAME_WORD_EARLY}"
-                    rf"(?:\s+{_NAME_WORD_EARLY})?)(?=\s*(?:$|[,.;!?]|\s+(?:please|thanks|and)\b))")
+                    rf"(?P<name>{_NAME_WORD}"
+                    rf"(?:\s+{_NAME_WORD})?)(?=\s*(?:$|[,.;!?]|\s+(?:please|thanks|and)\b))")
 # "Tanaka-san", "Yuki-sama": a Japanese honorific names the person before it.
-_HONORIFIC = re.compile(rf"\b(?P<name>{_NAME_WORD_EARLY})-(?:san|sama|kun|chan|sensei|ji)\b")
+_HONORIFIC = re.compile(rf"\b(?P<name>{_NAME_WORD})-(?:san|sama|kun|chan|sensei|ji)\b")
 # A full name after a word that announces a person: "account holder Olamide Bakare", "attn Somchai
 # Wongsakul", "Contact Mei Ling Tan at", "addressed to Bronte Lee", "Is that Florence Achterberg?".
 _PERSON_CUE = re.compile(
     r"\b(?i:account\s+holders?|card\s*holder|attn\.?|attention|contact|call|ring|addressed\s+to|recipient"
     r"|is\s+that|speak\s+to|ask\s+for|passenger|guest|patient|client|customer|signed\s+by|on\s+behalf\s+of)"
     r"[ \t]*:?[ \t]+"
-    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+(?:(?i:{_PARTICLE})[ \t]+)?{_NAME_WORD_EARLY}){{1,3}})"
+    rf"(?P<name>{_NAME_WORD}(?:[ \t]+(?:(?i:{_PARTICLE})[ \t]+)?{_NAME_WORD}){{1,3}})"
     r"(?=[ \t]*(?:$|\n|[,.;:!?(]|\s+(?i:at|on|from|tel|phone|will|should|is|has|and)\b))")
 # A role, then the person in it: "The technician, Avraham, will call", "the site manager, Hamid.".
 _ROLE_APPOSITION = re.compile(
     r"\b(?i:the|our|your|my|their)\s+(?:\w+\s+)?(?i:technician|engineer|driver|courier|manager|supervisor|agent"
     r"|advisor|adviser|nurse|doctor|receptionist|representative|rep|installer|inspector|coordinator|colleague"
     r"|specialist|assistant|consultant|owner|landlord|tenant|contractor|caretaker)\s*,\s+"
-    rf"(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY})?)(?=\s*[,.!?;]|\s*$)")
+    rf"(?P<name>{_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)(?=\s*[,.!?;]|\s*$)")
 # The person spoken to, closing a sentence: "Sorry to hear that, Fraser.", "De acuerdo, Lucía.".
-_VOCATIVE = re.compile(rf"(?<=\p{{L}}),[ \t]+(?P<name>{_NAME_WORD_EARLY})"
+_VOCATIVE = re.compile(rf"(?<=\p{{L}}),[ \t]+(?P<name>{_NAME_WORD})"
                        r"(?=[ \t]*(?:[!?]|\.(?:\s+\p{Lu}\p{Ll}|\s*$)|$))")
 # "Lufthansa customer care, Will speaking.": an agent's own name before "speaking".
-_SPEAKING = re.compile(rf"(?:^|[,.!?][ \t]+)(?P<name>{_NAME_WORD_EARLY}(?:[ \t]+{_NAME_WORD_EARLY})?)[ \t]+"
+_SPEAKING = re.compile(rf"(?:^|[,.!?][ \t]+)(?P<name>{_NAME_WORD}(?:[ \t]+{_NAME_WORD})?)[ \t]+"
                        r"(?:speaking|here)(?=\s*[,.!?]|\s*$)")
 # "I'll call Wojciech now", "ask for Bronwyn": one given name after a verb that reaches a person.
 _CALL_NAME = re.compile(rf"\b(?i:call|ring|ask\s+for|speak\s+(?:to|with)|transfer\s+you\s+to"
                         rf"|put\s+you\s+through\s+to)"
-                        rf"[ \t]+(?P<name>{_NAME_WORD_EARLY})(?=\s*(?:[,.!?]|$|\s+(?i:now|today|back|later"
+                        rf"[ \t]+(?P<name>{_NAME_WORD})(?=\s*(?:[,.!?]|$|\s+(?i:now|today|back|later"
                         r"|tomorrow|directly|first|again)\b))")
 # "— Lucía" signing a message on its own line.
-_DASH_SIGNATURE = re.compile(rf"(?:^|\n|[.!?][ \t]+)(?:—|–|--)[ \t]*(?P<name>{_NAME_WORD_EARLY}"
+_DASH_SIGNATURE = re.compile(rf"(?:^|\n|[.!?][ \t]+)(?:—|–|--)[ \t]*(?P<name>{_NAME_WORD}"
                              rf"(?:[ \t]+(?:(?i:ó|ní|mac|nic|van|de|der|da|di|bin|al)[ \t]+)?"
-                             rf"{_NAME_WORD_EARLY}){{0,2}})"
+                             rf"{_NAME_WORD}){{0,2}})"
                              r"[ \t]*(?=\n|$)")
 _MEDIUM_TRIGGER = re.compile(
     r"\b(?:this\s+is|it's|it\s+is|its|i'm|i\s+am|im|is\s+this|am\s+i\s+speaking\s+with|speaking\s+with"
@@ -170,8 +171,6 @@ _PLACE_PREFIX = re.compile(r"(?:san|santa|saint|st\.?|fort|ft\.?|port|mount|mt\.
                            re.IGNORECASE)
 _WORD_AT = re.compile(rf"{_ANYWORD}")
 _CAP_WORD_RE = re.compile(rf"\b{_CAP}\b")
-# One capitalised name word: "Müller", "McLeod", "O'Connor", "Fernández-López".
-_NAME_WORD = rf"{_UP}{_LOW}+(?:{_UP}{_LOW}+)?(?:['’-]{_UP}?{_LOW}+)?"
 _SPELLED_RE = re.compile(r"\b[A-Za-z](?:-[A-Za-z]){2,}\b")
 _SPELL_CUE = re.compile(r"spell", re.IGNORECASE)
 
@@ -322,9 +321,9 @@ _INTRO = re.compile(r"\b(?:this\s+is|i'm|i\s+am|my\s+name\s+is|my\s+name's|name'
 # The same introductions with a full name: "c'est Geneviève Tremblay.", "this is Olamide Bakare,".
 _INTRO_FULL = re.compile(r"\b(?:this\s+is|i'm|i\s+am|c'est|je\s+suis|ich\s+bin|hier\s+ist|soy|sono|sou|jestem"
                          r"|ik\s+ben|hier\s+is)\s+"
-                         rf"(?P<name>{_NAME_WORD_EARLY}"
+                         rf"(?P<name>{_NAME_WORD}"
                          rf"(?:[ \t]+(?:(?:van|der|den|de|da|di|von|ter|ó|ní|bin)[ \t]+)?"
-                         rf"{_NAME_WORD_EARLY}){{1,2}})"
+                         rf"{_NAME_WORD}){{1,2}})"
                          r"(?=\s*[,.!?]|\s*$|\s+(?:speaking|here|from|de|aus|von|da|di)\b)")
 _NOT_INTRO = _wordset("""
 sorry glad happy calling fine good great okay ok back here there just also still not new trying

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 from convtune.pii.checksums import card_number_valid, has_card_prefix
 from convtune.pii.phones import phone_strength
-from convtune.pii.entities import ACCOUNT_NUMBER, CREDIT_CARD, CVV, DATE_OF_BIRTH, PHONE, ROUTING_NUMBER, SSN
+from convtune.pii.entities import (
+    ACCOUNT_NUMBER,
+    CREDIT_CARD,
+    CVV,
+    DATE_OF_BIRTH,
+    PHONE,
+    ROUTING_NUMBER,
+    SSN,
+    STRONG,
+    WEAK,
+)
 
 # Cue kinds that are not entity types.
 NEG = "NEG"
@@ -230,8 +240,6 @@ def _date_digits(d: str) -> bool:
     return False
 
 
-STRONG = 2
-WEAK = 1
 
 
 VETO = (NEG, EXPIRY, EMAIL_CUE, AMOUNT)
