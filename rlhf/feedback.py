@@ -164,6 +164,32 @@ def add_feedback(db: JobsDB, tenant: str, req: FeedbackRequest) -> dict[str, Any
     }
 
 
+def feedback_object(row: dict[str, Any]) -> dict[str, Any]:
+    """One feedback row as the API lists it (with the answer it was given on)."""
+    try:
+        answer = _output({"id": row["response_id"], "outputs": row["outputs"]}, _choice(row["choice"]), "choice")
+    except FeedbackError:
+        answer = None
+    return {
+        "id": row["id"], "object": "feedback", "response_id": row["response_id"], "type": row["kind"],
+        "value": row["value"], "choice": row["choice"], "model": row["model"], "task": row["task"],
+        "answer": answer, "created_at": row["created_at"],
+    }
+
+
+def list_feedback(db: JobsDB, tenant: str, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:
+    """A tenant's feedback, newest first, in OpenAI's list shape (``after``: an id of the previous page)."""
+    rows = [feedback_object(r) for r in reversed(db.tenant_feedback(tenant))]
+    if after is not None:
+        at = next((i for i, r in enumerate(rows) if r["id"] == after), None)
+        if at is None:
+            raise FeedbackError(404, f"feedback {after!r} not found", "after")
+        rows = rows[at + 1:]
+    page = rows[:limit]
+    return {"object": "list", "data": page, "has_more": len(rows) > limit,
+            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
+
+
 def export(db: JobsDB, tenant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(preference pairs, KTO examples) from a tenant's feedback; duplicates removed."""
     rows = db.tenant_feedback(tenant)

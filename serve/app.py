@@ -26,12 +26,12 @@ from starlette.responses import JSONResponse, Response
 
 from serve.context import ServerContext, build_context
 from serve.errors import APIError, error_response, from_exception, install_error_handlers
-from serve.routes import analyze, feedback, files, health, jobs, nebula, openai_api, retrieval
+from serve.routes import analyze, feedback, files, health, jobs, nebula, openai_api, playground, retrieval
 from serve.settings import ServerSettings, load_settings
 
 log = logging.getLogger("convtune.serve")
 
-PUBLIC = {"/live", "/ready"}  # probes; everything else needs an API key
+PUBLIC = {"/live", "/ready"}  # probes and the playground's static files; everything else needs an API key
 
 
 def _on_own_thread(fn: Any, *args: Any) -> Any:
@@ -79,7 +79,7 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
     app.add_middleware(_Gate)
     app.add_middleware(_BodyLimit)  # outermost: counts bytes however the body is sent
 
-    for module in (health, openai_api, nebula, analyze, retrieval, files, jobs, feedback):
+    for module in (health, openai_api, nebula, analyze, retrieval, files, jobs, feedback, playground):
         app.include_router(module.router)
     return app
 
@@ -191,7 +191,7 @@ class _Gate(BaseHTTPMiddleware):
         try:
             if ctx is None:
                 raise APIError(503, "the server is starting", code="starting", headers={"Retry-After": "2"})
-            if route not in PUBLIC:
+            if route not in PUBLIC and not playground.is_playground(route):
                 request.state.tenant = _authenticate(request, ctx)
             response = await call_next(request)
         except APIError as err:

@@ -242,6 +242,14 @@ class AnalyzeRequest(_Request):
     redact: bool = True
 
 
+class ParseRequest(_Request):
+    """convtune extension: a transcript or conversations file as text, read by the importers."""
+
+    text: str = Field(min_length=1, max_length=5_000_000)
+    format: Literal["convtune", "openai", "csv", "transcript", "symbl"] | None = None
+    filename: str = Field("pasted", min_length=1, max_length=200, pattern=r"^[^/\\]+$")
+
+
 # ---- retrieval --------------------------------------------------------------------------------
 
 

@@ -78,7 +78,8 @@ jobs = Table(
     Column("status", String(20), nullable=False, index=True),
     Column("fine_tuned_model", String(200)),
     Column("error", JSON),
-    Column("trained_tokens", Integer),
+    Column("trained_tokens", Integer),  # updated at every logged step while the job runs
+    Column("estimated_finish", Integer),  # unix time, from the mean step time so far (running jobs)
     Column("validation", JSON),  # per-task predictor choice and its validation table (label tasks)
     Column("created_at", Integer, nullable=False),
     Column("created_ts", Float, nullable=False, default=time.time),  # exact order (created_at is seconds)
@@ -171,9 +172,10 @@ class JobsDB:
         from sqlalchemy import inspect, text
 
         have = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
-        if "validation" not in have:
-            with self.engine.begin() as conn:
-                conn.execute(text("ALTER TABLE jobs ADD COLUMN validation JSON"))
+        for name, kind in (("validation", "JSON"), ("estimated_finish", "INTEGER")):
+            if name not in have:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {kind}"))
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:

@@ -69,6 +69,8 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
         "status_details": row["status_details"],
         "kind": row["kind"],
         "records": row["records"],
+        # convtune: every problem of a file that failed validation, each with its line and field
+        "problems": (row.get("info") or {}).get("problems") if row["status"] == "error" else None,
     }
 
 

@@ -140,6 +140,13 @@ def _publisher(db: JobsDB, job: dict[str, Any], home: Path) -> Any:
             if counters is not None and counters.session_step_seconds > 0:
                 data["tokens_per_second"] = round(counters.session_rate(), 1)
                 data["trained_tokens"] = counters.tokens
+                live = {"trained_tokens": counters.tokens}
+                done = state.global_step - counters.session_start_step
+                if done > 0 and state.max_steps > 0:  # wall time per step this session, evaluation included
+                    per_step = (time.time() - counters.session_started) / done
+                    live["estimated_finish"] = int(time.time() + per_step * (state.max_steps - state.global_step))
+                data.update(live)
+                db.update_job(job["id"], where_status=["running"], **live)
             loss = data.get("train_loss", data.get("valid_loss"))
             db.add_event(
                 job["id"],
@@ -211,6 +218,7 @@ def run_job(db: JobsDB, home: Path, job_id: str) -> int:
         fine_tuned_model=ft,
         pid=None,
         trained_tokens=tokens,
+        estimated_finish=None,
         finished_at=int(time.time()),
         requested=None,
     )

@@ -449,7 +449,7 @@ def job_object(job: dict[str, Any]) -> dict[str, Any]:
         "error": job["error"] or None,
         "seed": job["seed"],
         "metadata": job["user_metadata"],
-        "estimated_finish": None,
+        "estimated_finish": job.get("estimated_finish") if job["status"] == "running" else None,
         "integrations": [],
         "user_provided_suffix": job["suffix"],
         # convtune: which predictor answers each label task, with every candidate's validation score

@@ -13,6 +13,10 @@ predictor its validation chose (:mod:`convtune.predictors`: an encoder head,
 k-NN, the LM or their ensemble); each task says which (``predictor``) and how
 sure it is (``confidence``). Each output carries the turn ids it rests on
 (:mod:`convtune.attribution`).
+
+``POST /v1/conversations/parse`` reads a pasted transcript or an uploaded file's text with the
+same importers as ``convtune data import`` (any supported form, detected unless ``format`` is
+given) and returns its conversations as analyze takes them, or every problem with its line.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from convtune.predictors.answer import apply_predictors, lm_tasks_of
 from convtune.renderer import TaskTurn
 from serve.bridge import answer_dialog, ctx_of, keep_generation, resolve_model, tenant_of
 from serve.errors import invalid
-from serve.protocol import AnalyzeRequest
+from serve.protocol import AnalyzeRequest, ParseRequest
 
 router = APIRouter(tags=["analytics"])
 
@@ -167,4 +171,54 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
             "completion_tokens": completion_tokens,
             "seconds": round(time.perf_counter() - started, 3),
         },
+    }
+
+
+@router.get("/v1/conversations/tasks")
+async def task_list(request: Request) -> dict[str, Any]:
+    """The registered conversation tasks analyze can be asked (``core``: asked when none are named)."""
+    ctx_of(request)
+    from tasks.registry import CORE_TASKS, default_registry
+
+    return {"object": "list", "data": [
+        {"name": t.name, "core": t.name in CORE_TASKS, "instruction": t.instruction} for t in default_registry()
+    ]}
+
+
+@router.post("/v1/conversations/parse")
+async def parse(body: ParseRequest, request: Request) -> dict[str, Any]:
+    ctx_of(request)  # authenticated like every route; nothing else of the server is needed
+
+    def read() -> tuple[str, list[Any]]:
+        import tempfile
+        from pathlib import Path
+
+        from convtune.ingest import detect_format, read_conversations
+
+        with tempfile.TemporaryDirectory(prefix="convtune-parse-") as tmp:
+            path = Path(tmp) / body.filename  # problems are reported against the user's file name
+            path.write_text(body.text, encoding="utf-8")
+            fmt = body.format or detect_format(path)
+            return fmt, read_conversations(path, fmt)
+
+    from dataclasses import replace
+
+    from convtune.errors import DataValidationError
+
+    try:
+        fmt, conversations = await asyncio.to_thread(read)
+    except DataValidationError as exc:  # located in the user's file, not the temporary copy
+        raise DataValidationError([replace(p, file=body.filename) for p in exc.problems],
+                                  truncated=exc.truncated) from None
+    return {
+        "object": "list",
+        "format": fmt,
+        "data": [
+            {
+                "id": c.id,
+                "messages": [t.model_dump(mode="json", include={"id", "speaker", "text", "start", "end", "role"},
+                                          exclude_none=True) for t in c.turns],
+            }
+            for c in conversations
+        ],
     }

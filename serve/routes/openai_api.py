@@ -95,6 +95,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     check_context(ctx, prompt, sampling, host.context_window)
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
+    # convtune extension: the chunks a grounded answer was given (None without retrieval)
+    grounding = [{"text": c.text, "source": c.source} for c in context] if body.retrieval else None
     best_of = body.best_of or _model_best_of(ref, body)
     if best_of is not None:
         return await _best_of(body, best_of, request, messages, prompt, sampling, ref, cid, created)
@@ -106,13 +108,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             keep_generation(request, cid, body.model, messages, texts)
 
         return StreamingResponse(
-            _sse_chat(events, cid, created, body.model, body.n, include_usage, keep),
+            _sse_chat(events, cid, created, body.model, body.n, include_usage, keep, grounding),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
     results = await complete(request, prompt, ref, sampling, body.n)
     await asyncio.to_thread(keep_generation, request, cid, body.model, messages, [r.text for r in results])
-    return _completion(cid, created, body.model, results, _usage(results))
+    out = _completion(cid, created, body.model, results, _usage(results))
+    return out if grounding is None else {**out, "grounding": grounding}
 
 
 def _model_best_of(ref: Any, body: ChatCompletionRequest) -> BestOf | None:
@@ -221,8 +224,9 @@ async def _sse_chat(
     n: int,
     include_usage: bool,
     keep: Any = None,
+    grounding: list[dict[str, str]] | None = None,
 ) -> AsyncIterator[str]:
-    def chunk(i: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         return _sse(
             {
                 "id": cid,
@@ -230,11 +234,13 @@ async def _sse_chat(
                 "created": created,
                 "model": model,
                 "choices": [{"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                **extra,
             }
         )
 
-    for i in range(n):
-        yield chunk(i, {"role": "assistant", "content": ""})
+    for i in range(n):  # the first chunk carries the retrieved chunks (convtune extension)
+        extra = {"grounding": grounding} if grounding is not None and i == 0 else {}
+        yield chunk(i, {"role": "assistant", "content": ""}, **extra)
     prompt_tokens = completion_tokens = 0
     texts = [""] * n
     try:
