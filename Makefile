@@ -20,7 +20,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 TEST_HOME ?= $(CURDIR)/.cache/convtune-test
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint screenshots clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# The playground's screenshots in docs/ come from its browser tests (needs Debian's chromium).
+screenshots: $(STAMP)
+	CONVTUNE_HOME=$(TEST_HOME) CONVTUNE_SCREENSHOTS=$(CURDIR)/docs/playground CONVTUNE_REQUIRE_BROWSER=1 \
+	  $(PY) -m pytest -q tests/test_playground.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check convtune tasks rlhf embeddings serve tests benchmarks examples

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     _, eager = step_tps(model, model, prompt, args.new_tokens)
     print(f"fast path, eager: {eager:.1f} tokens/s", flush=True)
     compile_s, compiled = step_tps(torch.compile(model, dynamic=True), model, prompt, args.new_tokens)
-    print(f"fast path, torch.compile: {compiled:.1f} tokens/s after {compile_s:.0f} s of compiling", flush=True)
+    print(f"fast path, torch.compile: {compiled:.1f} tokens/s after {compile_s:.0f} s compiling", flush=True)
     _, eager_again = step_tps(model, model, prompt, args.new_tokens)
     ct2 = ctranslate2_tps(folder, tok, ids, args.new_tokens, args.threads) or {}
 

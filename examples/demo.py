@@ -107,6 +107,11 @@ def main() -> int:
             print(res.stderr[-3000:], file=sys.stderr)
             return res.returncode
         print(f"served in {(time.time() - done) / 60:.1f} min")
+        from serve.cli import playground_url
+
+        print(f"\nTry it in a page: `convtune serve --port 8000`, open {playground_url('localhost', 8000)}, "
+              "sign in with the key `convtune keys create --tenant acme` printed, and pick the model "
+              "support-v1 (the tuned demo adapter, registered above) or the base model.")
     return 0
 
 

@@ -167,7 +167,8 @@ def add_feedback(db: JobsDB, tenant: str, req: FeedbackRequest) -> dict[str, Any
 def feedback_object(row: dict[str, Any]) -> dict[str, Any]:
     """One feedback row as the API lists it (with the answer it was given on)."""
     try:
-        answer = _output({"id": row["response_id"], "outputs": row["outputs"]}, _choice(row["choice"]), "choice")
+        gen = {"id": row["response_id"], "outputs": row["outputs"]}
+        answer = _output(gen, _choice(row["choice"]), "choice")
     except FeedbackError:
         answer = None
     return {

@@ -21,6 +21,8 @@ def run(flags: dict[str, Any]) -> int:
     os.environ.setdefault("CONVTUNE_HOME", str(settings.home))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = _start_worker(settings) if settings.worker else None
+    print(f"convtune playground: {playground_url(settings.host, settings.port)} "
+          "(sign in with a tenant's API key: convtune keys create --tenant NAME)", flush=True)
     try:
         _serve(uvicorn, settings)
     finally:
@@ -31,6 +33,12 @@ def run(flags: dict[str, Any]) -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
     return 0
+
+
+def playground_url(host: str, port: int) -> str:
+    """The page's address as a person on this machine opens it (a wildcard bind is localhost)."""
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/playground/"
 
 
 def _start_worker(settings: Any) -> subprocess.Popen:

@@ -231,3 +231,22 @@ def test_cli_registers_a_best_of_default_only_with_a_reward_model(
     assert main(args + ["--reward-model", "rm"]) == 0
     assert ModelStore(tmp_path / "home").get("acme", "bo").best_of == {"n": 4, "reward_model": "rm"}
     assert "best-of-4 by rm" in capsys.readouterr().out
+
+
+def test_feedback_is_listed_newest_first_paged_and_per_tenant(server):
+    oai = openai.OpenAI(
+        base_url="http://testserver/v1", api_key=server.acme, http_client=server.client, max_retries=0
+    )
+    out = oai.chat.completions.create(model="tiny-base", messages=ASK, max_tokens=4)
+    ids = [_post(server, server.acme, {"response_id": out.id, "type": "rating", "value": v}).json()["id"]
+           for v in (2, 5)]
+    page = server.client.get("/v1/feedback?limit=1", headers=_auth(server.acme)).json()
+    assert [f["id"] for f in page["data"]] == [ids[1]] and page["has_more"]
+    assert page["data"][0]["answer"] == out.choices[0].message.content and page["data"][0]["value"] == 5
+    rest = server.client.get(f"/v1/feedback?after={ids[1]}", headers=_auth(server.acme)).json()["data"]
+    assert rest[0]["id"] == ids[0]
+    assert all(f["id"] not in ids for f in
+               server.client.get("/v1/feedback", headers=_auth(server.globex)).json()["data"])
+    assert server.client.get("/v1/feedback?after=fb-nope", headers=_auth(server.acme)).status_code == 404
+    export = server.client.get("/v1/feedback/export", headers=_auth(server.acme)).json()
+    assert export["object"] == "feedback.export" and {"preferences", "kto"} <= set(export)

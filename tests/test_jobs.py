@@ -167,6 +167,8 @@ def test_malformed_upload_lists_every_problem_and_starts_no_job(server, tmp_path
     details = f.status_details
     for line in (":2", ":3", ":4"):
         assert f"broken.jsonl{line}" in details, details
+    problems = f.to_dict()["problems"]  # convtune: the same problems, machine-readable (playground table)
+    assert sorted({p["line"] for p in problems}) == [2, 3, 4] and all(p["message"] for p in problems)
     before = len(oai.fine_tuning.jobs.list(limit=100).data)
     with pytest.raises(openai.BadRequestError) as err:
         oai.fine_tuning.jobs.create(training_file=f.id, model="tiny-base")
@@ -645,3 +647,31 @@ def test_queue_claims_each_job_once_and_pages_on_both_databases(database_url, tm
         )
     assert db.claim("w", per_tenant=1)["id"] == "ftjob-limit0" and db.claim("w", per_tenant=1) is None
     assert db.stale_running(older_than_s=-1)  # heartbeat in the past relative to "now + 1 s"
+
+
+def test_a_running_job_reports_trained_tokens_and_estimated_finish_as_it_goes(tmp_path):
+    from types import SimpleNamespace
+
+    from convtune.jobs.db import JobsDB
+    from convtune.jobs.runner import _publisher
+    from convtune.jobs.service import job_object
+    from convtune.training.callbacks import RunCounters
+
+    db = JobsDB(f"sqlite:///{tmp_path / 'jobs.db'}")
+    now = int(time.time())
+    db.add_job({"id": "ftjob-live", "tenant": "acme", "model": "tiny-base", "training_file": "file-x",
+                "suffix": None, "seed": 1, "user_metadata": None, "method": {"type": "supervised"},
+                "hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0},
+                "status": "running", "created_at": now, "created_ts": time.time()})
+    job = db.get_job("ftjob-live")
+    assert job_object(job)["trained_tokens"] is None and job_object(job)["estimated_finish"] is None
+    publisher = _publisher(db, job, tmp_path)
+    counters = RunCounters(tokens=1200, session_step_seconds=2.0, session_tokens=1200,
+                           session_started=time.time() - 10)  # 2 steps in 10 s: 5 s a step
+    publisher.bind_counters(counters)
+    publisher.on_log(None, SimpleNamespace(global_step=2, max_steps=10), None, logs={"loss": 1.5})
+    live = job_object(db.get_job("ftjob-live"))
+    assert live["trained_tokens"] == 1200
+    assert abs(live["estimated_finish"] - (time.time() + 8 * 5)) < 5  # 8 steps left at 5 s each
+    db.update_job("ftjob-live", status="succeeded")
+    assert job_object(db.get_job("ftjob-live"))["estimated_finish"] is None  # only while running

@@ -32,6 +32,9 @@ if not BROWSER:
 sync_api = pytest.importorskip("playwright.sync_api")
 
 SHOTS = Path(os.environ.get("CONVTUNE_SCREENSHOTS") or ROOT / ".cache" / "playground-screenshots")
+# JavaScript fragments for Page.until: some element of a selector says "recorded"; a collection is listed
+SAID = "((sel) => [...document.querySelectorAll(sel)].some(s => s.textContent.includes('recorded')))"
+OPTION = "((name) => [...document.querySelectorAll('#coll-target option')].some(o => o.value === name))"
 PROBE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 TRANSCRIPT = """Agent: Thank you for calling Northwind, this is Dana. How can I help?
 Customer: Hi, I was charged twice for my order last week.
@@ -58,7 +61,8 @@ def server(tiny_model_dir, tmp_path_factory):
     from convtune.jobs.worker import Worker, WorkerSettings
 
     runs_root = tmp_path_factory.mktemp("playground-runs")
-    runs = {name: make_run(tiny_model_dir, runs_root / name, seed) for name, seed in (("alpha", 1), ("beta", 2))}
+    runs = {name: make_run(tiny_model_dir, runs_root / name, seed)
+            for name, seed in (("alpha", 1), ("beta", 2))}
     srv = make_server(tiny_model_dir, tmp_path_factory.mktemp("playground-home"), runs)
     srv.ctx.base_spec = str(tiny_model_dir)
     stop = threading.Event()
@@ -116,6 +120,13 @@ class Page:
         self.page.fill("#api-key", key)
         self.page.press("#api-key", "Enter")
         self.page.wait_for_selector("#signed-in:not([hidden])")
+
+    def until(self, js: str, timeout: float = 30_000) -> None:
+        """Wait until the JavaScript expression ``js`` is true (a function: the CSP forbids eval)."""
+        self.page.wait_for_function(f"() => {js}", timeout=timeout, polling=200)
+
+    def status_has(self, text: str) -> None:
+        self.until(f"document.getElementById('status').textContent.includes({json.dumps(text)})")
 
     def tab(self, name: str) -> None:
         self.page.click(f"#tab-{name}")
@@ -181,7 +192,7 @@ def test_page_loads_with_a_strict_csp_and_nothing_from_other_hosts(server, page)
 def test_sign_in_keeps_the_key_in_session_storage_only(server, page):
     page.page.fill("#api-key", "ct-wrong")
     page.page.press("#api-key", "Enter")
-    page.page.wait_for_function("() => document.getElementById('status').textContent.includes('Sign-in failed')")
+    page.status_has("Sign-in failed")
     assert page.page.evaluate("sessionStorage.length") == 0
     page.sign_in(server.acme)
     assert page.page.evaluate(f"sessionStorage.getItem('convtune.apiKey') === {json.dumps(server.acme)}")
@@ -229,7 +240,7 @@ def test_streamed_chat_shows_usage_and_records_feedback(server, page):
     assert page.page.evaluate("window.__growth") > 4  # several deltas, not one final write
     page.shot("chat")
     page.page.click("#chat-log li.assistant .feedback button[aria-label^='Thumbs up']")
-    page.page.wait_for_function("() => document.querySelector('#chat-log .feedback [role=status]').textContent.includes('recorded')")
+    page.until(f"{SAID}('#chat-log .feedback [role=status]')")
     listed = api(server, server.acme, "GET", "/v1/feedback")["data"]
     assert listed[0]["type"] == "thumbs" and listed[0]["value"] is True and listed[0]["model"] == "alpha"
     assert listed[0]["answer"] == answer
@@ -247,12 +258,12 @@ def test_compare_runs_two_models_and_records_a_preference(server, page):
     page.page.fill("#compare-max-tokens", "10")
     page.page.fill("#compare-input", "Summarise: the customer wants a refund.")
     page.page.click("#compare-run")
-    page.page.wait_for_function("() => document.getElementById('status').textContent === 'Both answered.'", timeout=60_000)
+    page.until("document.getElementById('status').textContent === 'Both answered.'", timeout=60_000)
     a, b = page.page.text_content("#compare-a-out"), page.page.text_content("#compare-b-out")
     assert a and b and a != b  # two different adapters
     page.shot("compare")
     page.page.click("#compare-b-fb button")
-    page.page.wait_for_function("() => document.querySelector('#compare-b-fb [role=status]').textContent.includes('recorded')")
+    page.until(f"{SAID}('#compare-b-fb [role=status]')")
     prefs = [f for f in api(server, server.acme, "GET", "/v1/feedback")["data"] if f["type"] == "preference"]
     assert prefs and prefs[0]["model"] == "beta"
     exported = api(server, server.acme, "GET", "/v1/feedback/export")
@@ -269,7 +280,8 @@ def test_analyze_a_pasted_transcript_and_highlight_evidence_by_keyboard(server, 
     page.page.fill("#analyze-text", TRANSCRIPT)
     page.page.click("#analyze-run")
     page.page.wait_for_selector("#analyze-result:not([hidden])", timeout=120_000)
-    tasks = page.page.eval_on_selector_all("#analyze-outputs .task h3", "hs => hs.map(h => h.firstChild.textContent)")
+    tasks = page.page.eval_on_selector_all("#analyze-outputs .task h3",
+                                           "hs => hs.map(h => h.firstChild.textContent)")
     assert tasks == ["summary", "action_items", "intent", "sentiment"]
     assert page.page.locator("#analyze-transcript li").count() == 6
     assert page.page.locator("#analyze-charts svg rect").count() >= 6 + 2  # timeline turns + speaker bars
@@ -279,13 +291,13 @@ def test_analyze_a_pasted_transcript_and_highlight_evidence_by_keyboard(server, 
     button.focus()
     page.page.keyboard.press("Enter")
     ids = button.get_attribute("data-ids").split()
-    highlighted = page.page.eval_on_selector_all("#analyze-transcript li.hl", "ls => ls.map(l => l.dataset.id)")
+    highlighted = page.page.eval_on_selector_all("#analyze-transcript li.hl",
+                                                 "ls => ls.map(l => l.dataset.id)")
     assert ids and highlighted == ids and button.get_attribute("aria-pressed") == "true"
     page.shot("analyze")
     # feedback on one task's answer names the task
-    page.page.locator("#analyze-outputs .feedback button[aria-label='Thumbs down for the intent answer']").click()
-    page.page.wait_for_function(
-        "() => [...document.querySelectorAll('#analyze-outputs [role=status]')].some(s => s.textContent.includes('recorded'))")
+    page.page.get_by_role("button", name="Thumbs down for the intent answer").click()
+    page.until(f"{SAID}('#analyze-outputs [role=status]')")
     fb = api(server, server.acme, "GET", "/v1/feedback")["data"][0]
     assert fb["task"] == "analyze" and fb["choice"] == "intent" and fb["value"] is False
 
@@ -305,7 +317,7 @@ def test_analyze_reads_an_uploaded_file_and_reports_bad_ones(server, page, tmp_p
     bad.write_text('{"id": "c1", "turns": [{"id": "t1", "speaker": "A", "text": ""}]}\n')
     page.page.set_input_files("#analyze-file", str(bad))
     page.page.click("#analyze-run")
-    page.page.wait_for_function("() => document.getElementById('status').classList.contains('error')")
+    page.until("document.getElementById('status').classList.contains('error')")
     assert "bad.jsonl:1" in page.page.text_content("#status")
 
 
@@ -325,7 +337,7 @@ def test_markup_in_answers_transcripts_and_documents_never_runs(server, page):
     page.page.route("**/v1/chat/completions", fake_stream)
     page.page.fill("#chat-input", "hello")
     page.page.click("#chat-send")
-    page.page.wait_for_function("() => document.querySelector('#chat-log li.assistant pre').textContent.includes('onerror')")
+    page.until("document.querySelector('#chat-log li.assistant pre').textContent.includes('onerror')")
     page.page.unroute("**/v1/chat/completions")
     assert page.page.text_content("#chat-log li.assistant pre") == PROBE  # shown as text
     # a transcript holding markup, through the real analyze route
@@ -341,10 +353,10 @@ def test_markup_in_answers_transcripts_and_documents_never_runs(server, page):
     page.tab("collections")
     page.page.fill("#coll-name", "kb")
     page.page.press("#coll-name", "Enter")
-    page.page.wait_for_function("() => [...document.querySelectorAll('#coll-target option')].some(o => o.value === 'kb')")
+    page.until(f"{OPTION}('kb')")
     page.page.fill("#doc-text", f"Refund policy. {PROBE} Refunds take five days.")
     page.page.click("#doc-add")
-    page.page.wait_for_function("() => document.getElementById('status').textContent.includes('added')")
+    page.status_has("added")
     page.page.fill("#search-query", "refund policy")
     page.page.click("#search-run")
     page.page.wait_for_selector("#search-hits li")
@@ -365,7 +377,7 @@ def test_grounded_chat_shows_the_chunks_it_was_given(server, page):
          "metadata": {"tags": ["billing"]}}]})
     page.sign_in(server.acme)
     page.tab("collections")
-    page.page.wait_for_function("() => [...document.querySelectorAll('#coll-target option')].some(o => o.value === 'policies')")
+    page.until(f"{OPTION}('policies')")
     page.page.select_option("#coll-target", "policies")
     page.page.fill("#search-query", "duplicate charge")
     page.page.fill("#search-tags", "billing")
@@ -405,8 +417,8 @@ def test_upload_validate_tune_watch_the_loss_and_try_the_model(server, page, tmp
     page.page.fill("#tune-suffix", "web")
     page.page.click("#tune-start")
     page.page.wait_for_selector("#tune-job:not([hidden])")
-    page.page.wait_for_function("() => document.getElementById('tune-job-status').textContent.startsWith('succeeded')",
-                                timeout=300_000, polling=500)
+    page.until("document.getElementById('tune-job-status').textContent.startsWith('succeeded')",
+               timeout=300_000)
     job_id = page.page.text_content("#tune-job-id")
     events = api(server, server.acme, "GET", f"/v1/fine_tuning/jobs/{job_id}/events?limit=100")["data"]
     losses = [e for e in events if e["type"] == "metrics" and "train_loss" in e["data"]]
@@ -414,9 +426,14 @@ def test_upload_validate_tune_watch_the_loss_and_try_the_model(server, page, tmp
     assert all(e["data"]["estimated_finish"] >= e["created_at"] - 1 for e in losses)
     assert "tokens trained" in page.page.text_content("#tune-job-eta")
     page.page.wait_for_selector("#tune-checkpoints li")
+    job = api(server, server.acme, "GET", f"/v1/fine_tuning/jobs/{job_id}")
+    fields = [r["field"] for r in job["validation"]["validation"]]  # the per-task predictor table
+    assert fields and page.page.eval_on_selector_all("#tune-validation tbody tr td:first-child",
+                                                     "ds => ds.map(d => d.textContent)") == fields
     page.shot("tune")
     ft = f"ft:tiny-base:acme:web:{job_id}"
-    page.page.locator("#tune-checkpoints li", has_text=ft + " ").get_by_role("button", name="Try in chat").first.click()
+    final = page.page.locator("#tune-checkpoints li", has_text=ft + " ")
+    final.get_by_role("button", name="Try in chat").first.click()
     page.page.wait_for_selector("#page-chat:not([hidden])")
     assert page.page.input_value("#chat-model") == ft
     page.page.fill("#chat-max-tokens", "6")

@@ -637,7 +637,7 @@ def test_schema_fuzzing_never_gets_a_server_error(server):
         run()
         checked.append(f"{op.method.upper()} {op.path}")
     declared = {f"{m.upper()} {p}" for p, ops in schema.raw_schema["paths"].items() for m in ops}
-    assert sorted(checked) == sorted(declared) and len(checked) == 33  # every route fuzzed, not a few
+    assert sorted(checked) == sorted(declared) and len(checked) == 37  # every route fuzzed, not a few
 
 
 def test_collections_and_grounded_chat(server):
@@ -690,6 +690,12 @@ def test_collections_and_grounded_chat(server):
         "/v1/chat/completions", headers=h, json={**body, "retrieval": {"collection": "policies", "k": 2}}
     ).json()
     assert grounded["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 15
+    # the answer names the chunks it was given (plain chats carry no such field)
+    assert [g["source"] for g in grounded["grounding"]][:1] == ["returns#0"] and "grounding" not in plain
+    streamed = c.post("/v1/chat/completions", headers=h,
+                      json={**body, "stream": True, "retrieval": {"collection": "policies", "k": 2}}).text
+    first = json.loads(streamed.split("\n\n")[0].removeprefix("data: "))
+    assert first["grounding"] == grounded["grounding"]
     r = c.post(
         "/v1/model/generate",
         headers={"ApiKey": server.acme},
@@ -985,3 +991,36 @@ def test_an_analysis_in_the_engine_answers_as_task_answering_does(server, tiny_m
     assert all(a.prompt_tokens - a.computed_prompt_tokens >= first.prompt_tokens // 2 for a in later)
     assert [a.computed_prompt_tokens for a in got["done"].answers] == \
         [a.computed_prompt_tokens for a in expected.answers]
+
+
+def test_playground_files_are_public_with_a_strict_csp_and_nothing_else_is(server):
+    c = server.client
+    r = c.get("/playground/")
+    assert r.status_code == 200 and "convtune playground" in r.text
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert c.get("/playground", follow_redirects=False).status_code == 307
+    for bad in ("/playground/nope.js", "/playground/..%2fapp.py", "/playground/%2e%2e/routes/health.py"):
+        assert c.get(bad).status_code == 404, bad
+    assert c.get("/playground-x").status_code == 401  # only the page's own prefix is public
+
+
+def test_parse_reads_any_transcript_form_and_locates_problems(server):
+    c, h = server.client, auth(server.acme)
+    r = c.post("/v1/conversations/parse", headers=h,
+               json={"text": "Agent: Hello, how can I help?\nCustomer: My bill doubled.\n"})
+    assert r.status_code == 200 and r.json()["format"] == "transcript"
+    msgs = r.json()["data"][0]["messages"]
+    assert [(m["speaker"], m["role"]) for m in msgs] == [("Agent", "agent"), ("Customer", "customer")]
+    line = {"id": "c1", "turns": [{"id": "t1", "speaker": "A", "text": "hi"}]}
+    r = c.post("/v1/conversations/parse", headers=h,
+               json={"text": json.dumps(line) + "\n", "filename": "calls.jsonl"})
+    assert r.json()["format"] == "convtune" and r.json()["data"][0]["id"] == "c1"
+    empty = {"id": "c2", "turns": [{"id": "t1", "speaker": "A", "text": ""}]}
+    bad = json.dumps(line) + "\n" + json.dumps(empty)
+    r = c.post("/v1/conversations/parse", headers=h, json={"text": bad, "filename": "calls.jsonl"})
+    assert r.status_code == 400 and "calls.jsonl:2" in r.json()["error"]["message"]
+    assert "convtune-parse-" not in r.json()["error"]["message"]  # the temporary copy is not named
+    assert c.post("/v1/conversations/parse", headers=h,
+                  json={"text": "x", "filename": "../etc/passwd"}).status_code == 400
+    names = {t["name"]: t["core"] for t in c.get("/v1/conversations/tasks", headers=h).json()["data"]}
+    assert names["summary"] and names["sentiment"] and not names["topics"]

@@ -48,6 +48,7 @@ def test_readme_serving_examples_run_verbatim(tiny_model_dir, tmp_path, monkeypa
     assert set(analysis["tasks"]) == {"summary", "action_items", "intent", "sentiment"}
     assert analysis["analytics"]["speakers"] and analysis["messages"][0]["id"] == "t1"
     assert "'support-v1'" in res.stdout and "2 embeddings of 384 dimensions" in res.stdout
+    assert f"convtune playground: http://127.0.0.1:{port}/playground/" in res.stdout  # said at start-up
     assert _port_free(port)  # the server was stopped
     assert not os.environ.get("CONVTUNE_API_KEY")
 

@@ -144,7 +144,8 @@ def _publisher(db: JobsDB, job: dict[str, Any], home: Path) -> Any:
                 done = state.global_step - counters.session_start_step
                 if done > 0 and state.max_steps > 0:  # wall time per step this session, evaluation included
                     per_step = (time.time() - counters.session_started) / done
-                    live["estimated_finish"] = int(time.time() + per_step * (state.max_steps - state.global_step))
+                    left = state.max_steps - state.global_step
+                    live["estimated_finish"] = int(time.time() + per_step * left)
                 data.update(live)
                 db.update_job(job["id"], where_status=["running"], **live)
             loss = data.get("train_loss", data.get("valid_loss"))

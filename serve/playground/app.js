@@ -270,8 +270,8 @@ function feedbackWidget(responseId, choice, label) {
   rating.addEventListener("change", () => rating.value && send("rating", Number(rating.value)));
   const correction = el("textarea", { rows: 2, "aria-label": `Correction for ${label}`, placeholder: "What it should have said" });
   return el("div", { class: "feedback" },
-    el("button", { type: "button", class: "small", "aria-label": `Thumbs up for ${label}`, onclick: () => send("thumbs", true) }, "👍"),
-    el("button", { type: "button", class: "small", "aria-label": `Thumbs down for ${label}`, onclick: () => send("thumbs", false) }, "👎"),
+    el("button", { type: "button", class: "small", "aria-label": `Thumbs up for ${label}`, onclick: () => send("thumbs", true) }, "▲ Good"),
+    el("button", { type: "button", class: "small", "aria-label": `Thumbs down for ${label}`, onclick: () => send("thumbs", false) }, "▼ Bad"),
     rating,
     el("details", {}, el("summary", {}, "Correct it"), correction,
       el("button", { type: "button", class: "small", onclick: () => correction.value.trim() && send("correction", correction.value) }, "Send correction")),
@@ -561,13 +561,15 @@ function lossChart(points) {
 }
 
 function validationTable(validation) {
-  const tasks = (validation && validation.tasks) || {};
-  const rows = Object.entries(tasks);
+  // one row per label field: each candidate predictor's validation score and the one chosen
+  const rows = (validation && validation.validation) || [];
   if (!rows.length) return el("p", { class: "muted" }, "(when the job has it)");
+  const th = (t) => el("th", { scope: "col" }, t);
   return el("table", {},
-    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Task"), el("th", { scope: "col" }, "Predictor"), el("th", { scope: "col" }, "Scores"))),
-    el("tbody", {}, ...rows.map(([name, t]) => el("tr", {}, el("td", {}, name), el("td", {}, t.predictor ?? ""),
-      el("td", {}, Object.entries(t.scores || {}).map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(3) : v}`).join(" · "))))));
+    el("thead", {}, el("tr", {}, th("Field"), th("Metric"), th("Validation n"), th("Scores"), th("Answered by"))),
+    el("tbody", {}, ...rows.map((r) => el("tr", {}, el("td", {}, r.field), el("td", {}, r.metric), el("td", {}, r.n_validation),
+      el("td", {}, Object.entries(r.scores || {}).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join(" · ") || "-"),
+      el("td", {}, r.winner + (r.fallback ? " (default: too little validation data)" : ""))))));
 }
 
 async function refreshJob() {
@@ -596,7 +598,10 @@ async function refreshJob() {
     el("button", { type: "button", class: "small", onclick: () => tryInChat(m.id) }, "Try in chat"))));
   $("tune-validation").replaceChildren(validationTable(job.validation));
   if (!running && job.status !== "paused") stopPolling();
-  if (!running) refreshModels().catch(() => {});
+  if (!running) {
+    refreshModels().catch(() => {});
+    refreshJobs().catch(() => {});
+  }
 }
 
 function stopPolling() {

@@ -174,6 +174,9 @@ async def analyze(body: AnalyzeRequest, request: Request) -> dict[str, Any]:
     }
 
 
+TURN_FIELDS = {"id", "speaker", "text", "start", "end", "role"}  # what analyze's messages take
+
+
 @router.get("/v1/conversations/tasks")
 async def task_list(request: Request) -> dict[str, Any]:
     """The registered conversation tasks analyze can be asked (``core``: asked when none are named)."""
@@ -181,7 +184,8 @@ async def task_list(request: Request) -> dict[str, Any]:
     from tasks.registry import CORE_TASKS, default_registry
 
     return {"object": "list", "data": [
-        {"name": t.name, "core": t.name in CORE_TASKS, "instruction": t.instruction} for t in default_registry()
+        {"name": t.name, "core": t.name in CORE_TASKS, "instruction": t.instruction}
+        for t in default_registry()
     ]}
 
 
@@ -216,8 +220,8 @@ async def parse(body: ParseRequest, request: Request) -> dict[str, Any]:
         "data": [
             {
                 "id": c.id,
-                "messages": [t.model_dump(mode="json", include={"id", "speaker", "text", "start", "end", "role"},
-                                          exclude_none=True) for t in c.turns],
+                "messages": [t.model_dump(mode="json", include=TURN_FIELDS, exclude_none=True)
+                             for t in c.turns],
             }
             for c in conversations
         ],
