@@ -26,7 +26,18 @@ from starlette.responses import JSONResponse, Response
 
 from serve.context import ServerContext, build_context
 from serve.errors import APIError, error_response, from_exception, install_error_handlers
-from serve.routes import analyze, feedback, files, health, jobs, nebula, openai_api, playground, retrieval
+from serve.routes import (
+    analyze,
+    batches,
+    feedback,
+    files,
+    health,
+    jobs,
+    nebula,
+    openai_api,
+    playground,
+    retrieval,
+)
 from serve.settings import ServerSettings, load_settings
 
 log = logging.getLogger("convtune.serve")
@@ -58,12 +69,20 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
                 thread_name_prefix="convtune-io", initializer=single_openmp_thread))
         if ctx.engine is not None:
             ctx.engine.start()
+        runner = None
+        if ctx.engine is not None and ctx.settings.batch_runner:
+            from serve.batches import BatchRunner
+
+            runner = ctx.batch_runner = BatchRunner(ctx)
+            runner.start()
         ctx.ready = True
         log.info("convtune server ready (model %s)", ctx.settings.base_model if ctx.host else "none")
         try:
             yield
         finally:
             ctx.ready = False  # /ready answers 503 while draining
+            if runner is not None:
+                await asyncio.to_thread(runner.stop)  # lines in flight are left to the next runner
             if ctx.engine is not None:
                 await asyncio.to_thread(ctx.engine.stop, ctx.settings.drain_timeout_s)
 
@@ -79,7 +98,8 @@ def create_app(settings: ServerSettings | None = None, *, context: ServerContext
     app.add_middleware(_Gate)
     app.add_middleware(_BodyLimit)  # outermost: counts bytes however the body is sent
 
-    for module in (health, openai_api, nebula, analyze, retrieval, files, jobs, feedback, playground):
+    routers = (health, openai_api, nebula, analyze, retrieval, files, jobs, batches, feedback, playground)
+    for module in routers:
         app.include_router(module.router)
     return app
 

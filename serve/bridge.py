@@ -51,6 +51,24 @@ def check_context(ctx: ServerContext, prompt_ids: Sequence[int], sampling: Sampl
 # ---- generation ------------------------------------------------------------------------------
 
 
+def _soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    """``fn(*args)`` on ``loop`` from the engine thread; nothing when the loop is gone (a batch
+    runner's loop after its batch stopped: nobody waits for the event any more)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
+def _background(request: Request) -> tuple[bool, float]:
+    """(background, seconds to its deadline): a batch line (``serve.batches``) runs at background
+    priority, under the batch's per-line deadline; everything else is interactive."""
+    ctx = ctx_of(request)
+    if getattr(request.state, "background", False):
+        return True, ctx.settings.batch_line_timeout_s
+    return False, ctx.settings.request_timeout_s
+
+
 @dataclass
 class Completion:
     text: str
@@ -67,8 +85,10 @@ def _requests(
     n: int,
     tenant: str,
     emit_for: Any,
+    background: tuple[bool, float] = (False, 0.0),
 ) -> list[GenRequest]:
-    deadline = time.monotonic() + ctx.settings.request_timeout_s
+    low, timeout = background if background[0] else (False, ctx.settings.request_timeout_s)
+    deadline = time.monotonic() + timeout
     out = []
     for i in range(n):
         s = (
@@ -76,7 +96,7 @@ def _requests(
             if sampling.seed is None or i == 0
             else dataclasses.replace(sampling, seed=sampling.seed + i)
         )
-        out.append(GenRequest(prompt_ids, ref, s, emit_for(i), deadline, tenant))
+        out.append(GenRequest(prompt_ids, ref, s, emit_for(i), deadline, tenant, background=low))
     return out
 
 
@@ -106,9 +126,9 @@ async def complete(
             fut.set_exception(ev.error)
 
     def emit_for(i: int) -> Any:
-        return lambda ev: loop.call_soon_threadsafe(deliver, i, ev)
+        return lambda ev: _soon(loop, deliver, i, ev)
 
-    reqs = _requests(ctx, prompt_ids, ref, sampling, n, tenant_of(request), emit_for)
+    reqs = _requests(ctx, prompt_ids, ref, sampling, n, tenant_of(request), emit_for, _background(request))
     engine.submit(reqs)
     watcher = asyncio.create_task(_watch_disconnect(request, reqs))
     try:
@@ -132,7 +152,7 @@ async def stream(
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
     def emit_for(i: int) -> Any:
-        return lambda ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev))
+        return lambda ev: _soon(loop, queue.put_nowait, (i, ev))
 
     tenant = tenant_of(request)
     reqs = _requests(ctx, prompt_ids, ref, sampling, n, tenant, emit_for)
@@ -172,8 +192,9 @@ async def answer_dialog(request: Request, ref: ModelRef, prepare: Any) -> Any:
         elif ev.kind == "done":
             fut.set_result(ev.result)
 
-    req = TaskRequest(ref, prepare, lambda ev: loop.call_soon_threadsafe(deliver, ev),
-                      time.monotonic() + ctx.settings.request_timeout_s, tenant_of(request))
+    background, timeout = _background(request)
+    req = TaskRequest(ref, prepare, lambda ev: _soon(loop, deliver, ev),
+                      time.monotonic() + timeout, tenant_of(request), background=background)
     engine.submit([req])
     watcher = asyncio.create_task(_watch_disconnect(request, [req]))
     try:

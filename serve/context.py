@@ -31,16 +31,19 @@ class ServerContext:
     ready: bool = False
     base_spec: str = ""  # what job processes load as the base model (default: settings.base_model)
     _jobs_db: Any = None
+    batch_runner: Any = None  # serve.batches.BatchRunner, while the server runs one
     scorers: dict[str, Any] = field(default_factory=dict)  # reward models loaded for best_of (engine thread)
     _encoder_lock: threading.Lock = field(default_factory=threading.Lock)
+    _db_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def jobs_db(self) -> Any:
         """The files/jobs metadata database (convtune.jobs.db.JobsDB), opened on first use."""
-        if self._jobs_db is None:
-            from convtune.jobs.db import JobsDB
+        with self._db_lock:  # opened once, also when the batch runner and a route ask at once
+            if self._jobs_db is None:
+                from convtune.jobs.db import JobsDB
 
-            self._jobs_db = JobsDB(self.settings.jobs_url)
+                self._jobs_db = JobsDB(self.settings.jobs_url)
         return self._jobs_db
 
     def get_encoder(self) -> Any:

@@ -26,6 +26,14 @@ prompt computes only what is new; chat requests are answered while it runs. Work
 that needs the model exclusively (best-of reward scoring) is queued as a job and runs
 between batches on the same thread; while one waits, nothing joins the running batch.
 
+Background work (``background=True``: the lines of a batch, :mod:`serve.batches`) has a queue
+of its own and no admission slots (a batch never makes chat answer 429): it starts or joins a
+batch only while no interactive request is queued or decoding, at most
+``BACKGROUND_JOINS`` per step (bounding the prefill a chat request can wait behind), and when
+an interactive request arrives the background rows are parked (taken out of the decode loop
+with their KV cache, :meth:`DecodeLoop.park`) until it is done, so a chat request decodes as
+on an idle server.
+
 Greedy decoding is deterministic and independent of what else is in the batch
 up to float rounding of padded matmuls; ``tests/test_serve.py`` checks
 mixed-adapter batches and requests joining a running batch against solo runs
@@ -51,6 +59,8 @@ __all__ = ["Engine", "Event", "GenRequest", "Sampling"]
 
 log = logging.getLogger("convtune.serve")
 
+BACKGROUND_JOINS = 4  # background requests joining a running batch per decode step, at most
+
 
 @dataclass
 class Event:
@@ -74,6 +84,7 @@ class GenRequest:
     deadline: float  # time.monotonic() by which it must finish
     tenant: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
+    background: bool = False  # batch work: runs only while no interactive request waits or decodes
     # decode state
     done: bool = False
     guide: Any = None  # convtune.guided.Guide while decoding a JSON-mode request
@@ -99,6 +110,7 @@ class TaskRequest:
     deadline: float
     tenant: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
+    background: bool = False  # as GenRequest.background
     done: bool = False
     dialog: Any = None
     seq: Any = None  # the answer being decoded
@@ -137,6 +149,7 @@ class Engine:
         self._gen: Any = None  # built once per model object (it inspects the model), not per batch
         self._cv = threading.Condition()
         self._pending: deque[GenRequest | TaskRequest] = deque()
+        self._background: deque[GenRequest | TaskRequest] = deque()
         self._jobs: deque[_Job] = deque()
         self._inflight = 0
         self._stopping = False
@@ -145,6 +158,7 @@ class Engine:
         self.joins = 0  # requests that joined a running batch
         self.max_rows_seen = 0
         self.prefilled_rows = 0  # prompts prefilled (a prompt shared by n rows counts once)
+        self.parks = 0  # times background rows were set aside for interactive work
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -161,7 +175,7 @@ class Engine:
         while self.inflight and time.monotonic() < deadline:
             time.sleep(0.05)
         with self._cv:
-            for req in self._pending:
+            for req in [*self._pending, *self._background]:
                 req.cancel()
             self._cv.notify_all()
         if self._thread is not None:
@@ -175,6 +189,10 @@ class Engine:
     def queued(self) -> int:
         return len(self._pending) + len(self._jobs)
 
+    @property
+    def background_queued(self) -> int:
+        return len(self._background)
+
     # ---- admission (any thread) ---------------------------------------------------------------
 
     def _admit(self, n: int) -> None:
@@ -187,10 +205,15 @@ class Engine:
         self._inflight += n
 
     def submit(self, requests: list[GenRequest | TaskRequest]) -> None:
-        """Queue requests (all or none); raises 429/503 APIError when over capacity."""
+        """Queue requests (all or none); raises 429/503 APIError when over capacity. Background
+        requests take no admission slot (their submitter bounds how many it has in flight)."""
         with self._cv:
-            self._admit(len(requests))
-            self._pending.extend(requests)
+            background = [r for r in requests if r.background]
+            if self._stopping and background:
+                self._admit(0)  # 503
+            self._admit(len(requests) - len(background))
+            self._pending.extend(r for r in requests if not r.background)
+            self._background.extend(background)
             self._cv.notify_all()
 
     def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
@@ -217,7 +240,8 @@ class Engine:
             if event is not None:
                 r.emit(event)
         finally:
-            self._release()
+            if not r.background:
+                self._release()
 
     # ---- the loop (engine thread) ---------------------------------------------------------------
 
@@ -227,18 +251,20 @@ class Engine:
         engine_thread_setup(self.host.model)
         while True:
             with self._cv:
-                while not self._pending and not self._jobs and not self._stopping:
+                while not self._pending and not self._jobs and not self._background and not self._stopping:
                     self._cv.wait()
-                if self._stopping and not self._pending and not self._jobs:
+                if self._stopping and not self._pending and not self._jobs and not self._background:
                     return
                 job = self._jobs.popleft() if self._jobs else None
             if job is not None:
                 self._run_job(job)
                 continue
-            if self.batch_wait and len(self._pending) < self.max_batch_size:
+            if self.batch_wait and self._pending and len(self._pending) < self.max_batch_size:
                 time.sleep(self.batch_wait)  # let concurrent requests join this batch
-            with self._cv:
-                batch = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
+            with self._cv:  # interactive requests first; background work only when none waits
+                queue = self._pending or self._background
+                size = self.max_batch_size if queue is self._pending else BACKGROUND_JOINS
+                batch = [queue.popleft() for _ in range(min(size, len(queue)))]
             live = [r for r in batch if not self._finish_if_stale(r)]
             joined: list[GenRequest] = []  # requests that joined the running batch (filled by _run_batch)
             if live:
@@ -340,18 +366,55 @@ class Engine:
             ok.append(r)
         return ok
 
-    def _take_joiners(self, limit: int) -> list[GenRequest]:
+    def _joinable(self, queue: deque) -> bool:
+        """Whether the front of ``queue`` can join the running batch: its adapter is in memory
+        (loading one could evict an adapter the batch uses)."""
+        key = queue[0].model.adapter_key if queue else None
+        return bool(queue) and (key is None or key in self.host.loaded)
+
+    def _interactive_can_join(self) -> bool:
+        return self._joinable(self._pending) and not self._jobs and not self._stopping
+
+    def _take_joiners(self, loop: Any, parked: list) -> list[GenRequest]:
         """Queued requests that can join the running batch: from the front of the queue (FIFO),
-        while their adapter is already in memory (loading one could evict an adapter the batch
-        uses). Nothing joins while an exclusive job waits, so jobs are not starved."""
+        while :meth:`_joinable`, up to ``max_batch_size`` interactive rows (background rows are
+        parked for them); background ones only while no interactive request is queued, running
+        or parked-for, :data:`BACKGROUND_JOINS` at a time. Nothing joins while an exclusive job
+        waits, so jobs are not starved."""
+        interactive = sum(not s.owner.background for s in loop.seqs)
         taken: list[GenRequest] = []
         with self._cv:
-            while self._pending and len(taken) < limit and not self._jobs and not self._stopping:
-                key = self._pending[0].model.adapter_key
-                if key is not None and key not in self.host.loaded:
-                    break
+            while interactive + len(taken) < self.max_batch_size and self._interactive_can_join():
                 taken.append(self._pending.popleft())
+            if self._pending or interactive or taken or parked:
+                return taken
+            room = min(self.max_batch_size - len(loop), BACKGROUND_JOINS)
+            while (len(taken) < room and not self._jobs and not self._stopping
+                   and self._joinable(self._background)):
+                taken.append(self._background.popleft())
         return taken
+
+    def _background_aside(self, loop: Any, parked: list) -> None:
+        """Park the loop's background rows while interactive work can join or is decoding; take
+        them back once none is left (a queued request that cannot join now, an adapter to load or
+        an exclusive job waiting, does not hold them: the batch drains and ends for it)."""
+        wanted = self._interactive_can_join() or any(not s.owner.background for s in loop.seqs)
+        if wanted:
+            rows = loop.park(lambda s: s.owner.background)
+            if rows is not None:
+                parked.append(rows)
+                self.parks += 1
+        elif parked:
+            rows, parked[:] = list(parked), []
+            for kv, seqs, logits in rows:
+                self._ended(loop, loop.add(kv, seqs, logits))
+
+    def _ended(self, loop: Any, ended: list) -> None:
+        for s, kv in ended:
+            if isinstance(s.owner, TaskRequest):
+                self._dialog_answered(loop, s.owner, s, kv)
+            else:
+                self._finish(s.owner)
 
     def _run_batch(self, batch: list[GenRequest], joined: list[GenRequest]) -> None:
         """Decode ``batch`` to the end on the inference core's loop. Between decode steps,
@@ -378,9 +441,11 @@ class Engine:
         if self.on_batch is not None:
             self.on_batch(len(batch))
         loop = DecodeLoop(gen)
+        parked: list = []  # background rows set aside while interactive work runs
         with torch.inference_mode():
             self._join(loop, gen, batch, aliases if mixed else None)
-            while loop:
+            while loop or parked:
+                self._background_aside(loop, parked)
                 for r in [s.owner for s in loop.seqs]:  # the client left, or the deadline passed
                     if r.cancelled.is_set():
                         r.seq.end("cancelled")
@@ -390,13 +455,9 @@ class Engine:
                 for s in loop.seqs:
                     if isinstance(s.owner, GenRequest):
                         self._emit_text(s.owner, s.take_text())
-                for s, kv in ended:
-                    if isinstance(s.owner, TaskRequest):
-                        self._dialog_answered(loop, s.owner, s, kv)
-                    else:
-                        self._finish(s.owner)
-                if loop and len(loop) < self.max_batch_size and self._pending:
-                    new = self._take_joiners(self.max_batch_size - len(loop))
+                self._ended(loop, ended)
+                if (loop or parked) and (self._pending or self._background):
+                    new = self._take_joiners(loop, parked)
                     joined.extend(new)
                     new = self._guided([r for r in new if not self._finish_if_stale(r)], gen)
                     if new:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from convtune.tenancy import BEST_OF_N
 from serve.engine import Sampling
@@ -248,6 +248,24 @@ class ParseRequest(_Request):
     text: str = Field(min_length=1, max_length=5_000_000)
     format: Literal["convtune", "openai", "csv", "transcript", "symbl"] | None = None
     filename: str = Field("pasted", min_length=1, max_length=200, pattern=r"^[^/\\]+$")
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+
+class BatchCreate(_Request):
+    input_file_id: str = Field(min_length=1, max_length=48)
+    endpoint: Literal["/v1/conversations/analyze", "/v1/chat/completions", "/v1/embeddings"]
+    completion_window: Literal["24h"] = "24h"
+    metadata: dict[str, str] | None = Field(None, max_length=16,
+                                            description="convtune: the value of webhook_url is a webhook")
+
+    @field_validator("metadata")
+    @classmethod
+    def _short(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v and any(len(k) > 64 or len(x) > 2000 for k, x in v.items()):
+            raise ValueError("metadata keys are at most 64 characters, values at most 2000")
+        return v
 
 
 # ---- retrieval --------------------------------------------------------------------------------

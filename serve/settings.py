@@ -61,6 +61,16 @@ class ServerSettings(BaseModel):
     files_max_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest training-file upload")
     worker: bool = Field(True, description="convtune serve also starts a job worker (convtune worker)")
     jobs_per_tenant: int = Field(1, ge=1, description="running fine-tuning jobs per tenant")
+    # batches (OpenAI's Batch API, serve.batches)
+    batch_runner: bool = Field(True, description="this server processes batches (serve.batches.BatchRunner)")
+    batch_concurrency: int = Field(16, ge=1, le=256, description="batch lines in the engine at once")
+    batch_line_timeout_s: float = Field(3600.0, gt=0, description="deadline of a batch line (it waits for chat)")
+    batch_poll_s: float = Field(1.0, gt=0, le=60, description="how often an idle runner looks for a batch")
+    batch_stale_s: float = Field(30.0, gt=0, description="a batch whose runner's heartbeat is older is taken")
+    webhook_allow: str = Field("127.0.0.1,localhost,::1", description=(
+        "comma-separated hosts batch webhooks may be sent to (default: loopback only)"))
+    webhook_url: str | None = Field(None, max_length=2000,
+                                    description="webhook of batches without metadata.webhook_url")
     feedback_retention_days: float = Field(
         30.0, ge=0, description="keep returned generations (redacted) this long for feedback (0: never)"
     )

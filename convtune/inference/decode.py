@@ -265,6 +265,23 @@ class DecodeLoop:
             self.logits = self.batch.step(running_picks)  # one forward for the rows still running
         return ended
 
+    def park(self, which: Any) -> tuple[Any, list[Seq], Any] | None:
+        """Take the running rows whose seq ``which(seq)`` selects out of the loop, unfinished:
+        ``(their KV batch, seqs, next-token logits)``, which :meth:`add` takes back as they are
+        (a scheduler sets background work aside while interactive work runs). None: no such row."""
+        take = [g for g, s in enumerate(self.seqs) if s.finish is None and which(s)]
+        if not take:
+            return None
+        parked = (self.batch.select(take), [self.seqs[g] for g in take], self.logits[take])
+        keep = [g for g in range(len(self.seqs)) if g not in set(take)]
+        if keep:
+            self.batch = self.batch.select(keep)
+            self.logits = self.logits[keep]
+            self.seqs = [self.seqs[g] for g in keep]
+        else:
+            self.batch, self.seqs, self.logits = None, [], None
+        return parked
+
     def _leave(self) -> list[tuple[Seq, Any]]:
         """Rows whose seq ended leave the batch (their cache rows dropped, or handed back)."""
         done = [g for g, s in enumerate(self.seqs) if s.finish is not None]

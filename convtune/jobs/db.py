@@ -28,6 +28,7 @@ from sqlalchemy import (
     Column,
     Float,
     Integer,
+    UniqueConstraint,
     MetaData,
     String,
     Table,
@@ -144,6 +145,51 @@ feedback = Table(
     Column("other_choice", String(64)),
     Column("created_at", Integer, nullable=False),
 )
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(48), primary_key=True),
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("input_file_id", String(48), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("completion_window", String(8), nullable=False),
+    Column("user_metadata", JSON),
+    Column("status", String(16), nullable=False, index=True),
+    Column("errors", JSON),
+    Column("total", Integer, nullable=False, default=0),
+    Column("output_file_id", String(48)),
+    Column("error_file_id", String(48)),
+    Column("created_at", Integer, nullable=False),
+    Column("created_ts", Float, nullable=False, default=time.time),
+    Column("in_progress_at", Integer),
+    Column("expires_at", Integer, nullable=False),
+    Column("finalizing_at", Integer),
+    Column("completed_at", Integer),
+    Column("failed_at", Integer),
+    Column("expired_at", Integer),
+    Column("cancelling_at", Integer),
+    Column("cancelled_at", Integer),
+    Column("worker", String(64)),  # the runner processing it (serve.batches.BatchRunner)
+    Column("heartbeat_at", Float),
+    Column("webhook", JSON),  # delivery: url, attempts, last status
+)
+
+# One row per finished line of a batch: committed as each finishes, so a runner that dies
+# loses no finished line, and (batch_id, custom_id) is unique, so none is written twice.
+batch_results = Table(
+    "batch_results",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("batch_id", String(48), nullable=False, index=True),
+    Column("custom_id", String(64), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("ok", Integer, nullable=False),  # 1: a 2xx response (output file), 0: error file
+    Column("record", JSON, nullable=False),  # the output line, in OpenAI's batch output shape
+    UniqueConstraint("batch_id", "custom_id"),
+)
+
+BATCH_LIVE = ("validating", "in_progress", "finalizing", "cancelling")
 
 ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -418,6 +464,86 @@ class JobsDB:
                 .order_by(feedback.c.seq)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+    # ---- batches ----------------------------------------------------------------------------------
+
+    def add_batch(self, row: dict[str, Any]) -> None:
+        with self.tx() as c:
+            c.execute(insert(batches).values(**row))
+
+    def get_batch(self, batch_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        q = select(batches).where(batches.c.id == batch_id)
+        if tenant is not None:
+            q = q.where(batches.c.tenant == tenant)
+        with self.tx() as c:
+            row = c.execute(q).first()
+        return dict(row._mapping) if row else None
+
+    def update_batch(self, batch_id: str, *, where_status: Sequence[str] | None = None,
+                     **values: Any) -> bool:
+        cond = batches.c.id == batch_id
+        if where_status is not None:
+            cond = and_(cond, batches.c.status.in_(list(where_status)))
+        with self.tx() as c:
+            return c.execute(update(batches).where(cond).values(**values)).rowcount == 1
+
+    def list_batches(self, tenant: str, *, after: str | None = None,
+                     limit: int = 20) -> tuple[list[dict], bool]:
+        """Newest first; ``after`` = the last id of the previous page. Returns (page, has_more)."""
+        q = select(batches).where(batches.c.tenant == tenant)
+        if after is not None:
+            anchor = self.get_batch(after, tenant)
+            if anchor is None:
+                return [], False
+            q = q.where(or_(batches.c.created_ts < anchor["created_ts"],
+                            and_(batches.c.created_ts == anchor["created_ts"], batches.c.id < anchor["id"])))
+        q = q.order_by(batches.c.created_ts.desc(), batches.c.id.desc()).limit(limit + 1)
+        with self.tx() as c:
+            out = [dict(r._mapping) for r in c.execute(q).all()]
+        return out[:limit], len(out) > limit
+
+    def claim_batch(self, worker: str, *, stale_s: float) -> dict[str, Any] | None:
+        """Take the oldest live batch nobody is processing (no runner, or one whose heartbeat is
+        older than ``stale_s``: it died). A conditional UPDATE, so two runners never both take it."""
+        now = time.time()
+        free = or_(batches.c.worker.is_(None), batches.c.heartbeat_at < now - stale_s)
+        with self.tx() as c:
+            ids = c.execute(select(batches.c.id).where(batches.c.status.in_(BATCH_LIVE), free)
+                            .order_by(batches.c.created_ts, batches.c.id).limit(20)).scalars().all()
+        for batch_id in ids:
+            with self.tx() as c:
+                mine = update(batches).where(batches.c.id == batch_id, batches.c.status.in_(BATCH_LIVE), free)
+                got = c.execute(mine.values(worker=worker, heartbeat_at=now)).rowcount
+            if got == 1:
+                return self.get_batch(batch_id)
+        return None
+
+    def add_batch_result(self, batch_id: str, custom_id: str, line: int, ok: bool,
+                         record: dict[str, Any]) -> bool:
+        """Record one finished line; False (and nothing written) if it was recorded already."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.tx() as c:
+                c.execute(insert(batch_results).values(batch_id=batch_id, custom_id=custom_id, line=line,
+                                                       ok=int(ok), record=record))
+            return True
+        except IntegrityError:
+            return False
+
+    def batch_results(self, batch_id: str) -> list[dict[str, Any]]:
+        """Every finished line, in input-file order."""
+        with self.tx() as c:
+            rows = c.execute(select(batch_results).where(batch_results.c.batch_id == batch_id)
+                             .order_by(batch_results.c.line)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def batch_counts(self, batch_id: str) -> tuple[int, int]:
+        """(completed, failed) lines so far."""
+        with self.tx() as c:
+            q = select(batch_results.c.ok, func.count()).where(batch_results.c.batch_id == batch_id)
+            rows = dict(c.execute(q.group_by(batch_results.c.ok)).all())
+        return int(rows.get(1, 0)), int(rows.get(0, 0))
 
 
 def _engine(url: str) -> Engine:

@@ -29,6 +29,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,7 +38,16 @@ from convtune.errors import ConvtuneError, DataValidationError, Problem
 from convtune.jobs.db import JobsDB, new_id
 from convtune.tenancy import check_tenant
 
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune", "batch")  # what a user uploads; the server also writes "batch_output" files
+
+# Batch input files (OpenAI's Batch API): one request per line, validated whole on upload.
+BATCH_URLS = ("/v1/conversations/analyze", "/v1/chat/completions", "/v1/embeddings")
+BATCH_KEYS = ("custom_id", "method", "url", "body")
+MAX_BATCH_LINES = 50_000
+
+#: ``check(url, body) -> (problems as (field, message), body to store, extra keys to store)``:
+#: the server's check of one batch line's body against its route (:func:`serve.batches.check_body`).
+BatchCheck = Callable[[str, dict[str, Any]], tuple[list[tuple[str, str]], dict[str, Any], dict[str, Any]]]
 _SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt")
 _CHUNK = 1 << 20
 
@@ -84,8 +94,10 @@ def store_upload(
     *,
     max_bytes: int,
     mapping: str | None = None,
+    check_batch: BatchCheck | None = None,
 ) -> dict[str, Any]:
-    """Save, validate, redact and register one upload; returns its file row (status processed or error)."""
+    """Save, validate, redact and register one upload; returns its file row (status processed or error).
+    ``purpose="batch"``: a batch input file, each line's body checked by ``check_batch``."""
     file_id = new_id("file")
     folder = file_dir(home, tenant, file_id)
     folder.mkdir(parents=True)
@@ -115,7 +127,10 @@ def store_upload(
     }
     db.add_file(row)
     try:
-        kind, fmt, records, info = _process(raw, folder / "processed.jsonl", mapping)
+        if purpose == "batch":
+            kind, fmt, records, info = _process_batch(raw, folder / "processed.jsonl", check_batch)
+        else:
+            kind, fmt, records, info = _process(raw, folder / "processed.jsonl", mapping)
     except DataValidationError as exc:
         details = exc.report().replace(str(raw), name).replace(raw.name, name)  # the user's file name
         problems = [{"line": p.line, "field": p.field, "message": p.message} for p in exc.problems]
@@ -154,6 +169,77 @@ def _process(raw: Path, out: Path, mapping: str | None) -> tuple[str, str, int, 
         "turns": result.turns,
     }
     return kind, result.format, result.conversations, info
+
+
+def _process_batch(raw: Path, out: Path, check: BatchCheck | None) -> tuple[str, str, int, dict[str, Any]]:
+    """Validate a batch input file whole (every problem, with line and field) and write each
+    request, as ``check`` returns it (PII redacted), with its line number."""
+    problems: list[Problem] = []
+    first: dict[str, int] = {}
+    records: list[dict[str, Any]] = []
+    urls: Counter = Counter()
+
+    def bad(number: int, field: str | None, message: str) -> None:
+        problems.append(Problem(raw.name, number, field, message))
+
+    with open(raw, "rb") as fh:
+        for number, data in enumerate(fh, start=1):
+            if len(problems) >= 1000:
+                break
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                bad(number, None, "not UTF-8 text")
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                bad(number, None, f"not valid JSON: {exc}")
+                continue
+            if not isinstance(obj, dict):
+                bad(number, None, "a request must be a JSON object {custom_id, method, url, body}")
+                continue
+            for key in BATCH_KEYS:
+                if key not in obj:
+                    bad(number, key, "field required")
+            for key in sorted(set(obj) - set(BATCH_KEYS)):
+                bad(number, key, "unknown field (a line holds custom_id, method, url and body)")
+            cid, url, body = obj.get("custom_id"), obj.get("url"), obj.get("body")
+            if "custom_id" in obj:
+                if not isinstance(cid, str) or not 1 <= len(cid) <= 64:
+                    bad(number, "custom_id", "must be a string of 1-64 characters")
+                elif cid in first:
+                    bad(number, "custom_id", f"duplicate custom_id {cid!r} (first on line {first[cid]})")
+                else:
+                    first[cid] = number
+            if "method" in obj and obj["method"] != "POST":
+                bad(number, "method", "must be POST")
+            if "url" in obj and url not in BATCH_URLS:
+                bad(number, "url", f"must be one of {', '.join(BATCH_URLS)}")
+            if "body" in obj and not isinstance(body, dict):
+                bad(number, "body", "must be a JSON object (the request body of url)")
+            elif url in BATCH_URLS and isinstance(body, dict) and check is not None:
+                found, body, extra = check(url, body)
+                for field, message in found:
+                    bad(number, f"body.{field}" if field else "body", message)
+                obj = {**obj, "body": body, **extra}
+            if len(first) > MAX_BATCH_LINES:
+                bad(number, None, f"more than {MAX_BATCH_LINES:,} requests in one batch")
+                break
+            urls[url] += 1
+            records.append({**obj, "line": number})
+    if not records and not problems:
+        problems.append(Problem(raw.name, None, None, "the file holds no requests"))
+    if problems:
+        raise DataValidationError(problems[:1000], truncated=len(problems) >= 1000)
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    return "batch", "batch", len(records), {"urls": dict(urls)}
 
 
 MAX_RECORDED_LABELS = 1000  # distinct labels of one task kept in a file's info (more: left to training)

@@ -1,4 +1,5 @@
-"""``/v1/files``: training-file uploads of the caller's tenant (OpenAI's Files API).
+"""``/v1/files``: the caller's tenant's files (OpenAI's Files API): training files, batch input
+files (``purpose=batch``, every line checked against its route) and batch results.
 
 An upload is streamed to disk under ``--files-max-bytes``, validated and
 PII-redacted before the response (:mod:`convtune.jobs.files`): ``status`` is
@@ -25,16 +26,18 @@ router = APIRouter(tags=["files"])
 async def create_file(
     request: Request,
     file: UploadFile = File(description="the training file (JSONL or CSV)"),
-    purpose: str = Form(description="fine-tune"),
+    purpose: str = Form(description="fine-tune, or batch (a Batch API input file)"),
     mapping: str | None = Form(None, max_length=2000,
                                description="convtune: CSV column mapping, e.g. text=utterance,speaker=role"),
 ) -> dict[str, Any]:
     ctx = ctx_of(request)
     if purpose not in PURPOSES:
         raise invalid("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
+    from serve.batches import check_body
+
     row = await asyncio.to_thread(
         store_upload, ctx.jobs_db, ctx.settings.home, tenant_of(request), file.filename or "upload.jsonl",
-        purpose, file.file, max_bytes=ctx.settings.files_max_bytes, mapping=mapping,
+        purpose, file.file, max_bytes=ctx.settings.files_max_bytes, mapping=mapping, check_batch=check_body,
     )
     return file_object(row)
 
