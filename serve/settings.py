@@ -64,7 +64,7 @@ class ServerSettings(BaseModel):
     # batches (OpenAI's Batch API, serve.batches)
     batch_runner: bool = Field(True, description="this server processes batches (serve.batches.BatchRunner)")
     batch_concurrency: int = Field(16, ge=1, le=256, description="batch lines in the engine at once")
-    batch_line_timeout_s: float = Field(3600.0, gt=0, description="deadline of a batch line (it waits for chat)")
+    batch_line_timeout_s: float = Field(3600.0, gt=0, description="deadline of a batch line (waits for chat)")
     batch_poll_s: float = Field(1.0, gt=0, le=60, description="how often an idle runner looks for a batch")
     batch_stale_s: float = Field(30.0, gt=0, description="a batch whose runner's heartbeat is older is taken")
     webhook_allow: str = Field("127.0.0.1,localhost,::1", description=(
