@@ -198,9 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     from convtune.server_cli import add_server_parsers
 
     add_server_parsers(sub)
+    from convtune.jobs.batch_client import add_batch_parser
     from convtune.jobs.client import add_jobs_parser
 
     add_jobs_parser(sub)
+    add_batch_parser(sub)
 
     from embeddings.cli import add_index_parser
 

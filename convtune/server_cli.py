@@ -85,7 +85,8 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
 SERVE_FLAGS = ("host", "port", "workers", "base_model", "device", "fast_cpu", "cpu_weights",
                "max_concurrent_requests",
                "max_batch_size", "max_loaded_adapters", "request_timeout_s", "max_tokens_limit",
-               "database_url", "worker", "jobs_per_tenant")
+               "database_url", "worker", "jobs_per_tenant", "batch_runner", "batch_concurrency",
+               "webhook_allow", "webhook_url")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -225,6 +226,11 @@ def add_server_parsers(sub: Any) -> None:
     p.add_argument("--worker", action=argparse.BooleanOptionalAction, default=None,
                    help="also run a fine-tuning job worker (default: yes)")
     p.add_argument("--jobs-per-tenant", type=int, help="running fine-tuning jobs per tenant (default 1)")
+    p.add_argument("--batch-runner", action=argparse.BooleanOptionalAction, default=None,
+                   help="process batches (/v1/batches) at background priority (default: yes)")
+    p.add_argument("--batch-concurrency", type=int, help="batch lines in the engine at once (default 16)")
+    p.add_argument("--webhook-allow", help="hosts batch webhooks may go to (default 127.0.0.1,localhost,::1)")
+    p.add_argument("--webhook-url", help="webhook of batches that name none in metadata.webhook_url")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run fine-tuning jobs from the queue (convtune serve starts one too)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,3 +86,32 @@ def make_server(tiny_model_dir: Path, home: Path, runs: dict[str, Path], **setti
         ctx.models.add("acme", "beta", runs["beta"])
         ctx.models.add("globex", "gamma", runs["alpha"])
     return Server(create_app(context=ctx), ctx, acme, globex)
+
+
+@contextlib.contextmanager
+def over_http(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free local port (the CLI speaks urllib, not the test
+    client); lifespan off: the test client already started the engine. Yields the base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline:
+            raise AssertionError("uvicorn did not start in 30 s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EXAMPLES
-from .serve_helpers import CORE, make_server
+from .serve_helpers import CORE, make_server, over_http
 
 openai = pytest.importorskip("openai")
 
@@ -468,3 +468,40 @@ def _ready(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http_url(server):
+    """The same app over real HTTP (the CLI speaks urllib, not the test client)."""
+    with over_http(server.app) as url:
+        yield url
+
+
+def test_cli_creates_follows_lists_shows_and_fetches_results(server, http_url, tmp_path, capsys, monkeypatch):
+    from convtune.cli import main
+
+    monkeypatch.setenv("CONVTUNE_API_KEY", server.acme)
+    args = ["--url", http_url]
+    path = batch_file(tmp_path, analyze_lines(2))
+    assert main(["batch", "create", str(path), "--endpoint", ANALYZE, "--follow", "--metadata", "team=care",
+                 *args]) == 0
+    out = capsys.readouterr()
+    batch_id = out.out.split()[0]
+    assert batch_id.startswith("batch-") and "completed: 2 completed, 0 failed" in out.err
+    assert "uploaded" in out.err and "(2 requests)" in out.err
+    assert main(["batch", "list", *args]) == 0 and f"{batch_id}  completed    2/2" in capsys.readouterr().out
+    assert main(["batch", "show", batch_id, *args]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"] == {"team": "care"}
+    assert main(["batch", "results", batch_id, "-o", str(tmp_path / "out.jsonl"), *args]) == 0
+    got = [json.loads(x)["custom_id"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert got == ["call-0", "call-1"]
+    capsys.readouterr()
+    assert main(["batch", "results", batch_id, "--errors", *args]) == 1  # no failed lines: no error file
+    assert main(["batch", "cancel", batch_id, *args]) != 0 and "409" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"custom_id": "a"}\n')
+    assert main(["batch", "create", str(bad), "--endpoint", ANALYZE, *args]) == 3
+    assert "bad.jsonl:1" in capsys.readouterr().err

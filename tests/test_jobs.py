@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EXAMPLES
-from .serve_helpers import make_run, make_server
+from .serve_helpers import make_run, make_server, over_http
 
 openai = pytest.importorskip("openai")
 
@@ -401,22 +401,8 @@ def _auth(key):
 @pytest.fixture(scope="module")
 def http_url(server):
     """The same app over real HTTP (the CLI speaks urllib, not the test client)."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(server.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )  # the test client already started the engine
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_for(lambda: srv.started, 30, "uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with over_http(server.app) as url:
+        yield url
 
 
 def test_cli_mirror_creates_follows_lists_and_shows_events(server, http_url, tmp_path, capsys, monkeypatch):

@@ -64,9 +64,22 @@ class Api:
                 f"cannot reach {self.url}: {exc.reason} (is `convtune serve` running?)"
             ) from None
 
-    def upload(self, path: Path, mapping: str | None) -> dict[str, Any]:
+    def text(self, path: str) -> str:
+        """A GET whose answer is not JSON (a file's content)."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return resp.read().decode("utf-8")
+        except urllib.error.HTTPError as exc:
+            raise ConvtuneError(f"{exc.code}: {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            raise ConvtuneError(
+                f"cannot reach {self.url}: {exc.reason} (is `convtune serve` running?)"
+            ) from None
+
+    def upload(self, path: Path, mapping: str | None, purpose: str = "fine-tune") -> dict[str, Any]:
         boundary = uuid.uuid4().hex
-        fields = [("purpose", "fine-tune")] + ([("mapping", mapping)] if mapping else [])
+        fields = [("purpose", purpose)] + ([("mapping", mapping)] if mapping else [])
         parts = [
             f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
             for k, v in fields
@@ -180,13 +193,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_args(p: argparse.ArgumentParser) -> None:
+    """The flags every command talking to a running server takes."""
+    p.add_argument("--url", help="server (default: $CONVTUNE_URL or http://localhost:8000)")
+    p.add_argument("--api-key", help="default: $CONVTUNE_API_KEY")
+
+
 def add_jobs_parser(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="fine-tuning jobs on a running server (the OpenAI fine-tuning API)")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", help="server (default: $CONVTUNE_URL or http://localhost:8000)")
-        p.add_argument("--api-key", help="default: $CONVTUNE_API_KEY")
+    common = server_args
 
     p = jsub.add_parser("create", help="upload a training file, start a job, follow it")
     p.add_argument("file", type=Path, help="conversations (with labels), OpenAI chat JSONL or CSV")

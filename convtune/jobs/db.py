@@ -1,5 +1,6 @@
-"""The metadata database: files, fine-tuning jobs, their events and checkpoints, and the
-generations the server returned with the feedback users gave on them.
+"""The metadata database: files, fine-tuning jobs, their events and checkpoints, batches and
+their per-line results, and the generations the server returned with the feedback users gave
+on them.
 
 One schema in SQLAlchemy Core, so the same code runs on SQLite (the default,
 ``sqlite:///$CONVTUNE_HOME/jobs.sqlite``) and PostgreSQL
