@@ -288,23 +288,26 @@ def test_background_work_is_parked_while_chat_decodes(server):
     ref = host.resolve("acme", "tiny-base")
     prompt = host.renderer.encode_chat([{"role": "user", "content": "Tell me about refunds."}]).input_ids
     order: list[str] = []
-    done = threading.Event()
+    tokens: dict[str, int] = {}
+    chat_done = threading.Event()
 
     def emit(name):
         def on(ev: Event) -> None:
             if ev.kind in ("done", "error"):
                 order.append(name)
-                if len(order) == 5:
-                    done.set()
+                if name == "chat":
+                    chat_done.set()
+            else:
+                tokens[name] = tokens.get(name, 0) + 1
 
         return on
 
     far = time.monotonic() + 120
-    background = [
+    background = [  # long enough that they cannot end on their own before the chat request does
         GenRequest(
             prompt,
             ref,
-            Sampling(max_tokens=64, stop_repeats=False),
+            Sampling(max_tokens=2000, stop_repeats=False),
             emit(f"bg{i}"),
             far,
             "acme",
@@ -314,11 +317,13 @@ def test_background_work_is_parked_while_chat_decodes(server):
     ]
     parks = engine.parks
     engine.submit(background)
-    wait_for(lambda: engine.max_rows_seen and not engine.background_queued, 30, "background rows to start")
-    time.sleep(0.2)
+    wait_for(lambda: all(tokens.get(f"bg{i}") for i in range(4)), 30, "background rows to decode")
     engine.submit([GenRequest(prompt, ref, Sampling(max_tokens=8), emit("chat"), far, "acme")])
-    assert done.wait(120)
-    assert order[0] == "chat" and engine.parks > parks  # it did not wait for the 64-token rows
+    assert chat_done.wait(120)
+    assert order[0] == "chat" and engine.parks > parks  # it did not wait for the long rows
+    for r in background:
+        r.cancelled.set()
+    wait_for(lambda: all(r.done for r in background), 60, "background rows to end")
     assert engine.inflight == 0  # background work holds no admission slots
 
 
