@@ -75,7 +75,12 @@ def server(tiny_model_dir, tmp_path_factory):
     from fastapi.testclient import TestClient
 
     srv = make_server(
-        tiny_model_dir, tmp_path_factory.mktemp("batch-home"), {}, batch_poll_s=0.2, batch_concurrency=4
+        tiny_model_dir,
+        tmp_path_factory.mktemp("batch-home"),
+        {},
+        batch_poll_s=0.2,
+        batch_concurrency=4,
+        max_tokens_limit=2048,  # long lines for the cancel test
     )
     with TestClient(srv.app) as client:  # the lifespan starts the engine and the batch runner
         srv.client = client
@@ -260,7 +265,9 @@ def test_cancel_keeps_the_finished_lines(server, tmp_path):
             "body": {
                 "model": "tiny-base",
                 "messages": [{"role": "user", "content": f"Question {i}?"}],
-                "max_tokens": 48,
+                # two short lines finish at once; the rest cannot end before the cancel is seen
+                # (the runner checks for it every HEARTBEAT_S; 40 x 48 tiny tokens took less)
+                "max_tokens": 4 if i < 2 else 2000,
             },
         }
         for i in range(40)
@@ -290,12 +297,14 @@ def test_background_work_is_parked_while_chat_decodes(server):
     order: list[str] = []
     tokens: dict[str, int] = {}
     chat_done = threading.Event()
+    bg_steps: dict[str, int] = {}  # decoded background tokens, when the chat request came / ended
 
     def emit(name):
         def on(ev: Event) -> None:
             if ev.kind in ("done", "error"):
                 order.append(name)
                 if name == "chat":
+                    bg_steps["end"] = sum(len(r.seq.out) for r in background)
                     chat_done.set()
             else:
                 tokens[name] = tokens.get(name, 0) + 1
@@ -318,9 +327,12 @@ def test_background_work_is_parked_while_chat_decodes(server):
     parks = engine.parks
     engine.submit(background)
     wait_for(lambda: all(tokens.get(f"bg{i}") for i in range(4)), 30, "background rows to decode")
+    bg_steps["start"] = sum(len(r.seq.out) for r in background)
     engine.submit([GenRequest(prompt, ref, Sampling(max_tokens=8), emit("chat"), far, "acme")])
     assert chat_done.wait(120)
     assert order[0] == "chat" and engine.parks > parks  # it did not wait for the long rows
+    # it decoded alone: the background rows moved at most the steps before they were parked
+    assert bg_steps["end"] - bg_steps["start"] <= 3 * len(background), bg_steps
     for r in background:
         r.cancelled.set()
     wait_for(lambda: all(r.done for r in background), 60, "background rows to end")
