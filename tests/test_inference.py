@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from convtune.inference import Detokenizer
 
 
@@ -27,3 +29,60 @@ def test_incremental_detokenization_equals_a_full_decode(tiny_model_dir):
             d.push(i)
         d.flush()
         assert d.text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_kv_cache_layers_write_decode_steps_in_place_and_equal_concatenation():
+    """A SlackLayer holds what DynamicLayer's concatenation holds; a decode step writes into the
+    spare room of its buffer (no copy of the cache) until it is full or the tensor is replaced."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from convtune.inference.kvcache import SLACK, KVCache, SlackLayer
+
+    torch.manual_seed(0)
+    slack, plain = SlackLayer(), DynamicLayer()
+    blocks = [torch.randn(2, 3, 17, 8), *[torch.randn(2, 3, 1, 8) for _ in range(SLACK + 5)]]
+    buffers = set()
+    for i, block in enumerate(blocks):
+        k, v = slack.update(block, -block)
+        ref_k, ref_v = plain.update(block, -block)
+        assert torch.equal(k, ref_k) and torch.equal(v, ref_v)
+        buffers.add(slack._kbuf.data_ptr())
+        if i == 1:
+            first_step_buffer = slack._kbuf.data_ptr()
+        if 1 <= i <= SLACK - 17:  # the first buffer had SLACK spare columns after the prompt
+            assert slack._kbuf.data_ptr() == first_step_buffer
+    assert len(buffers) == 2  # one buffer for the prompt and SLACK steps, one when it was full
+    slack.keys = slack.keys[:1].clone()  # replaced from outside (a select): a new buffer, same values
+    slack.values = slack.values[:1].clone()
+    before = slack.keys.clone()
+    k, _ = slack.update(torch.ones(1, 3, 1, 8), torch.ones(1, 3, 1, 8))
+    assert torch.equal(k[:, :, :-1], before) and torch.equal(k[:, :, -1:], torch.ones(1, 3, 1, 8))
+    adopted = KVCache([(torch.zeros(1, 3, 4, 8), torch.zeros(1, 3, 4, 8))])
+    assert adopted.get_seq_length() == 4 and isinstance(adopted.layers[0], SlackLayer)
+
+
+def test_label_scores_do_not_depend_on_how_candidates_share_a_forward(tiny_model_dir):
+    """KVBatch.score runs candidates side by side under a 4D mask: all in one forward or one per
+    forward, each gets the log-likelihood of a plain forward over the prompt and that candidate
+    (another row in the batch changes nothing)."""
+    import torch
+
+    from convtune.inference import Generator
+    from convtune.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    gen = Generator(model, tok)
+    prompt = tok.encode("The caller asks about a refund for a double charge.", add_special_tokens=False)
+    cands = [tok.encode(t, add_special_tokens=False) for t in (" refund", " billing question", " a b c d e")]
+    with torch.inference_mode():
+        kv = gen.rows(2)
+        logits = kv.prefill([prompt, prompt[:5]])
+        together = kv.score(0, logits[0], cands)
+        alone = kv.score(0, logits[0], cands, max_tokens=1)
+        ref = []  # each candidate appended to the prompt, in a forward of its own
+        for c in cands:
+            out = model(torch.tensor([prompt + c])).logits[0].float()
+            logp = torch.log_softmax(out, -1)
+            ref.append(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)))
+    assert together == pytest.approx(ref, abs=1e-4) and alone == pytest.approx(ref, abs=1e-4)

@@ -224,6 +224,12 @@ def test_quant_linear_prefills_on_the_float_weight_and_decodes_on_the_packed_one
         assert not torch.equal(q(step), lin(step))  # packed: rounded weights, bf16 activations
         set_float_rows(model, None)
         assert not torch.equal(q(prompt), lin(prompt))
+        # bf16 prefill (CPUs with fast bf16 GEMMs): the float weight rounded to bf16, fp32 out
+        b = QuantLinear.from_linear(lin, 4, bf16_prefill=True)
+        want = torch.nn.functional.linear(prompt.bfloat16(), lin.weight.bfloat16()).float() + lin.bias
+        got = b(prompt)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert (got - lin(prompt)).norm() / lin(prompt).norm() < 0.01
 
 
 def test_server_loads_the_fast_cpu_path_by_default(tiny_model_dir, tmp_path):

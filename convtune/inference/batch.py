@@ -82,14 +82,14 @@ class KVBatch:
 
     def select(self, rows: Sequence[int]) -> KVBatch:
         """A new batch of these rows (copies; an index may repeat)."""
-        from transformers import DynamicCache
+        from convtune.inference.kvcache import KVCache
 
         torch = self.gen.torch
         out = KVBatch.__new__(KVBatch)
         out.gen, out.n, out.reuse, out.stats = self.gen, len(rows), self.reuse, StepStats()
         out.adapter_names = [self.adapter_names[r] for r in rows] if self.adapter_names is not None else None
         idx = torch.tensor(list(rows), dtype=torch.long, device=self.gen.device)
-        out.cache = None if self.cache is None else DynamicCache(
+        out.cache = None if self.cache is None else KVCache(
             [(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
              for layer in self.cache.layers])
         out.mask = self.mask.index_select(0, idx)
@@ -108,7 +108,7 @@ class KVBatch:
         """One batch of all these batches' rows, in order, the narrower caches left-padded with
         masked zero columns (one copy of each cache). Keys are stored rotated (RoPE applied at
         their own positions), so a column's index changes nothing a token attends to."""
-        from transformers import DynamicCache
+        from convtune.inference.kvcache import KVCache
 
         first = batches[0]
         torch = first.gen.torch
@@ -128,7 +128,7 @@ class KVBatch:
         out.cache = None
         if first.cache is not None:
             layers = zip(*(b.cache.layers for b in batches))
-            out.cache = DynamicCache([
+            out.cache = KVCache([
                 (torch.cat([pad(la.keys, n) for la, n in zip(group, pads)]),
                  torch.cat([pad(la.values, n) for la, n in zip(group, pads)])) for group in layers])
         out.mask = torch.cat([torch.cat([b.mask.new_zeros(b.n, n), b.mask], dim=1)
@@ -143,11 +143,11 @@ class KVBatch:
     # ---- model calls ------------------------------------------------------------------------
 
     def _forward(self, ids: Any, block_mask: Any, positions: Any, logits_to_keep: int) -> Any:
-        from transformers import DynamicCache
+        from convtune.inference.kvcache import KVCache
 
         torch = self.gen.torch
         if self.cache is None:
-            self.cache = DynamicCache(config=self.gen.model.config)
+            self.cache = KVCache()
         self.mask = torch.cat([self.mask, block_mask], dim=1)
         extra = {"adapter_names": self.adapter_names} if self.adapter_names is not None else {}
         out = self.gen.forward(input_ids=ids, attention_mask=self.mask, position_ids=positions,
@@ -277,47 +277,52 @@ class KVBatch:
         return [Generation(s.token_ids, s.text, s.stopped) if active[r] else None for r, s in enumerate(seqs)]
 
     def score(self, row: int, logits: Any, candidates: Sequence[Sequence[int]], *,
-              chunk: int = 8) -> list[float]:
+              max_tokens: int = 512) -> list[float]:
         """Log-likelihood of each candidate continuation of ``row``'s last prompt.
 
-        ``logits`` are the row's next-token logits from :meth:`prefill`. The row's live
-        cache is copied once per chunk of candidates; the batch state is left unchanged.
+        ``logits`` are the row's next-token logits from :meth:`prefill`. The candidates run
+        side by side in one sequence after the row's live tokens (up to ``max_tokens`` tokens per
+        forward): a 4D mask lets each candidate token see the row's cache and its own earlier
+        tokens only, and positions restart after the cache for each candidate, so each is scored
+        as if alone, without copying the row's cache per candidate. The row's live cache is copied
+        once; the batch state is left unchanged.
         """
-        from transformers import DynamicCache
+        from convtune.inference.kvcache import KVCache
 
         torch = self.gen.torch
         t0 = time.perf_counter()
         first = torch.log_softmax(logits.float(), dim=-1)
         scores = [float(first[c[0]]) for c in candidates]
         rest = [i for i, c in enumerate(candidates) if len(c) > 1]
-        if rest:
-            dev = self.gen.device
-            cols = torch.tensor(self.cols[row], dtype=torch.long, device=dev)
-            n_live = len(self.cols[row])
-            kv = [(layer.keys[row:row + 1].index_select(2, cols),
-                   layer.values[row:row + 1].index_select(2, cols)) for layer in self.cache.layers]
-            extra = ({"adapter_names": [self.adapter_names[row]]} if self.adapter_names is not None else {})
-            for start in range(0, len(rest), chunk):
-                idx = rest[start:start + chunk]
-                k = len(idx)
-                width = max(len(candidates[i]) - 1 for i in idx)
-                ids = torch.full((k, width), self.gen.pad_id, dtype=torch.long)
-                block = torch.zeros((k, width), dtype=torch.long)
-                for j, i in enumerate(idx):
-                    feed = candidates[i][:-1]
-                    ids[j, : len(feed)] = torch.tensor(feed)  # right padding: never seen by real tokens
-                    block[j, : len(feed)] = 1
-                pos = torch.arange(n_live, n_live + width).unsqueeze(0).expand(k, -1)
-                cache = DynamicCache([(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in kv])
-                mask = torch.cat([torch.ones(k, n_live, dtype=torch.long, device=dev), block.to(dev)], dim=1)
-                if extra:
-                    extra = {"adapter_names": extra["adapter_names"][:1] * k}
-                out = self.gen.forward(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                                       cache=cache, use_cache=True, **extra)
-                logp = torch.log_softmax(out.logits.float(), dim=-1)
-                for j, i in enumerate(idx):
-                    target = torch.tensor(candidates[i][1:], device=dev)
-                    steps = torch.arange(len(target), device=dev)
-                    scores[i] += float(logp[j, steps, target].sum())
+        dev = self.gen.device
+        cols = torch.tensor(self.cols[row], dtype=torch.long, device=dev)
+        n_live = len(self.cols[row])
+        extra = {"adapter_names": [self.adapter_names[row]]} if self.adapter_names is not None else {}
+        one = slice(row, row + 1)
+        live = [(layer.keys[one].index_select(2, cols), layer.values[one].index_select(2, cols))
+                for layer in self.cache.layers] if rest else []
+        while rest:
+            take, width = [], 0  # candidates of this forward: at least one, up to max_tokens tokens
+            while rest and (not take or width + len(candidates[rest[0]]) - 1 <= max_tokens):
+                take.append(rest.pop(0))
+                width += len(candidates[take[-1]]) - 1
+            feeds = [list(candidates[i][:-1]) for i in take]  # the last token is only predicted
+            ids = torch.tensor([[t for f in feeds for t in f]], dtype=torch.long, device=dev)
+            pos = torch.tensor([[n_live + j for f in feeds for j in range(len(f))]], device=dev)
+            which = torch.tensor([k for k, f in enumerate(feeds) for _ in f], device=dev)
+            step = torch.tensor([j for f in feeds for j in range(len(f))], device=dev)
+            own = (which[:, None] == which[None, :]) & (step[:, None] >= step[None, :])
+            see = torch.cat([torch.ones(width, n_live, dtype=torch.bool, device=dev), own], dim=1)
+            dtype = self.cache.layers[0].keys.dtype
+            mask = torch.zeros(1, 1, width, n_live + width, dtype=dtype, device=dev)
+            mask.masked_fill_(~see, torch.finfo(dtype).min)  # additive: what sdpa and eager take
+            out = self.gen.forward(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                   cache=KVCache(live), use_cache=True, **extra)  # live is not written
+            logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+            at = 0
+            for i, f in zip(take, feeds):
+                target = torch.tensor(candidates[i][1:], device=dev)
+                scores[i] += float(logp[at + torch.arange(len(f), device=dev), target].sum())
+                at += len(f)
         self.stats.decode_seconds += time.perf_counter() - t0
         return scores
