@@ -37,7 +37,7 @@ def test_kv_cache_layers_write_decode_steps_in_place_and_equal_concatenation():
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from convtune.inference.kvcache import SLACK, KVCache, SlackLayer
+    from convtune.inference.kvcache import SLACK, KVCache, SlackLayer, joined_with_room, rows_with_room
 
     torch.manual_seed(0)
     slack, plain = SlackLayer(), DynamicLayer()
@@ -60,6 +60,20 @@ def test_kv_cache_layers_write_decode_steps_in_place_and_equal_concatenation():
     assert torch.equal(k[:, :, :-1], before) and torch.equal(k[:, :, -1:], torch.ones(1, 3, 1, 8))
     adopted = KVCache([(torch.zeros(1, 3, 4, 8), torch.zeros(1, 3, 4, 8))])
     assert adopted.get_seq_length() == 4 and isinstance(adopted.layers[0], SlackLayer)
+    # rows selected or batches joined come with room: the next step writes in place
+    full = torch.randn(3, 3, 5, 8)
+    idx = torch.tensor([2, 0])
+    picked = (rows_with_room(full, idx), rows_with_room(-full, idx))
+    parts = [full[:1], full[:2, :, 2:]]
+    joined = (joined_with_room(parts, 5), joined_with_room([-p for p in parts], 5))
+    assert torch.equal(picked[0], full[[2, 0]]) and torch.equal(picked[1], -full[[2, 0]])
+    assert torch.equal(joined[0][1:, :, :2], torch.zeros(2, 3, 2, 8))
+    assert torch.equal(joined[0][1:, :, 2:], full[:2, :, 2:]) and torch.equal(joined[0][:1], full[:1])
+    for t, u in (picked, joined):
+        layer = KVCache([(t, u)]).layers[0]
+        base = t.data_ptr()
+        k, _ = layer.update(torch.ones(t.shape[0], 3, 1, 8), torch.ones(t.shape[0], 3, 1, 8))
+        assert k.data_ptr() == base and torch.equal(k[:, :, :5], t)
 
 
 def test_label_scores_do_not_depend_on_how_candidates_share_a_forward(tiny_model_dir):

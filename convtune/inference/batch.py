@@ -82,7 +82,7 @@ class KVBatch:
 
     def select(self, rows: Sequence[int]) -> KVBatch:
         """A new batch of these rows (copies; an index may repeat)."""
-        from convtune.inference.kvcache import KVCache
+        from convtune.inference.kvcache import KVCache, rows_with_room
 
         torch = self.gen.torch
         out = KVBatch.__new__(KVBatch)
@@ -90,7 +90,7 @@ class KVBatch:
         out.adapter_names = [self.adapter_names[r] for r in rows] if self.adapter_names is not None else None
         idx = torch.tensor(list(rows), dtype=torch.long, device=self.gen.device)
         out.cache = None if self.cache is None else KVCache(
-            [(layer.keys.index_select(0, idx), layer.values.index_select(0, idx))
+            [(rows_with_room(layer.keys, idx), rows_with_room(layer.values, idx))
              for layer in self.cache.layers])
         out.mask = self.mask.index_select(0, idx)
         out.live = [list(self.live[r]) for r in rows]
@@ -108,7 +108,7 @@ class KVBatch:
         """One batch of all these batches' rows, in order, the narrower caches left-padded with
         masked zero columns (one copy of each cache). Keys are stored rotated (RoPE applied at
         their own positions), so a column's index changes nothing a token attends to."""
-        from convtune.inference.kvcache import KVCache
+        from convtune.inference.kvcache import KVCache, joined_with_room
 
         first = batches[0]
         torch = first.gen.torch
@@ -118,19 +118,14 @@ class KVBatch:
             raise ValueError("cannot join a batch that has run nothing yet")
         width = max(b.mask.shape[1] for b in batches)
         pads = [width - b.mask.shape[1] for b in batches]
-
-        def pad(t: Any, n: int) -> Any:
-            return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, *t.shape[3:]), t], dim=2)
-
         out = KVBatch.__new__(KVBatch)
         out.gen, out.reuse, out.stats = first.gen, first.reuse, StepStats()
         out.n = sum(b.n for b in batches)
         out.cache = None
         if first.cache is not None:
             layers = zip(*(b.cache.layers for b in batches))
-            out.cache = KVCache([
-                (torch.cat([pad(la.keys, n) for la, n in zip(group, pads)]),
-                 torch.cat([pad(la.values, n) for la, n in zip(group, pads)])) for group in layers])
+            out.cache = KVCache([(joined_with_room([la.keys for la in group], width),
+                                  joined_with_room([la.values for la in group], width)) for group in layers])
         out.mask = torch.cat([torch.cat([b.mask.new_zeros(b.n, n), b.mask], dim=1)
                               for b, n in zip(batches, pads)])
         out.cols = [[c + n for c in cols] for b, n in zip(batches, pads) for cols in b.cols]

@@ -37,7 +37,8 @@ class SlackLayer(DynamicLayer):
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
         if keys is not None and values is not None:
-            self.keys, self.values = keys, values  # adopted as they are; room is made on update
+            self.keys, self.values = keys, values  # adopted as they are, with their buffers' room
+            self._kbuf, self._vbuf = keys._base, values._base  # (views made by with_room)
             self.device = keys.device
             self.is_initialized = True
 
@@ -45,7 +46,7 @@ class SlackLayer(DynamicLayer):
         """Whether ``keys``/``values`` are still the views of this layer's buffers, with room for
         ``add`` more columns."""
         kb, vb = self._kbuf, self._vbuf
-        if kb is None or vb is None:
+        if kb is None or vb is None or kb.dim() != 4 or vb.dim() != 4:
             return False
         k, v = self.keys, self.values
         return (k.data_ptr() == kb.data_ptr() and v.data_ptr() == vb.data_ptr()
@@ -76,6 +77,31 @@ def _buffer(old: torch.Tensor | None, new: torch.Tensor, columns: int) -> torch.
     if old is not None:
         buf[:, :, :old.shape[-2]] = old
     return buf
+
+
+@torch.no_grad()  # a cache is never differentiated (and out= refuses tensors that require grad)
+def rows_with_room(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``t`` (``[batch, heads, seq, head_dim]``) in a new buffer with :data:`SLACK`
+    spare columns (one copy; a :class:`SlackLayer` adopting the view writes into its room)."""
+    b, h, n, d = len(idx), t.shape[1], t.shape[2], t.shape[3]
+    view = t.new_empty(b, h, n + SLACK, d)[:, :, :n]
+    return torch.index_select(t, 0, idx, out=view)
+
+
+@torch.no_grad()
+def joined_with_room(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """``parts`` stacked along the batch, each left-padded with zero columns to ``width``, in a
+    new buffer with :data:`SLACK` spare columns (one copy of each part)."""
+    first = parts[0]
+    b = sum(p.shape[0] for p in parts)
+    view = first.new_empty(b, first.shape[1], width + SLACK, first.shape[3])[:, :, :width]
+    at = 0
+    for p in parts:
+        pad = width - p.shape[2]
+        view[at:at + p.shape[0], :, :pad] = 0
+        view[at:at + p.shape[0], :, pad:] = p
+        at += p.shape[0]
+    return view
 
 
 class KVCache(DynamicCache):

@@ -38,8 +38,9 @@ a bf16 copy of the float weight (activations cast to bf16, outputs back to fp32;
 attention and the KV cache stay fp32): :func:`bf16_prefill_pays` measures it once per process
 (a 256-row GEMM, bf16 must be 1.3x faster). Measured on the 2-core dev machine (AMD EPYC with
 AVX512-BF16): 1,000-token prefill of SmolLM2-135M 364 -> 839 tokens/s, perplexity of the
-prompt 59.94 -> 59.93. Elsewhere the prefill weight is the fp32 one, as before. Extra memory:
-half the float weights (``prefill_bytes``).
+prompt 59.94 -> 59.93. Decode steps of many rows (a batch) use the bf16 copy too from
+:data:`BF16_ROWS` rows, where it beats the packed kernel. Elsewhere the prefill weight is the
+fp32 one, as before. Extra memory: half the float weights (``prefill_bytes``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ SCHEMES: tuple[str, ...] = ("int4", "int8")
 GROUP_SIZE = 32  # input channels per 4-bit group (llama.cpp's Q4 block)
 _ACT = torch.bfloat16  # the dtype the CPU low-precision kernels multiply in
 FLOAT_ROWS = 128  # forwards of this many token rows or more (prefill) use the float weight
+#: With a bf16 copy of the weight, forwards of this many rows or more use it (by the layer's
+#: packed bits): where a bf16 GEMM beat the packed kernel on the dev machine (SmolLM2-135M's
+#: 576 x 49152 8-bit head: 6.9 vs 12.5 ms at 16 rows; 4-bit 576 x 1536: even at 16 rows).
+BF16_ROWS = {4: 16, 8: 8}
 
 
 def _pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,11 +116,13 @@ class QuantLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.float_rows is not None and x.numel() >= self.float_rows * shape[-1]:
-            if self._prefill is None:
+        rows = x.numel() // shape[-1]
+        if self.float_rows is not None:
+            if self._prefill is not None and rows >= min(BF16_ROWS[self.bits], self.float_rows):
+                y = torch.nn.functional.linear(x.to(_ACT), self._prefill).to(x.dtype)
+                return y if self.bias is None else y + self.bias
+            if rows >= self.float_rows:
                 return torch.nn.functional.linear(x, self.weight, self.bias)
-            y = torch.nn.functional.linear(x.to(_ACT), self._prefill).to(x.dtype)
-            return y if self.bias is None else y + self.bias
         flat = x.reshape(-1, shape[-1]).to(_ACT)
         if self.bits == 4:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self._packed, self.group, self._scales)
