@@ -1,4 +1,4 @@
-"""A batch of token sequences sharing one KV cache: prefill with prefix reuse, select, concat.
+"""A batch of token sequences sharing one KV cache: prefill with prefix reuse, select, join.
 
 Each row remembers the token ids it has already run through the model ("live"
 tokens) and their cache columns. A new prompt for a row is compared with them: the
@@ -12,7 +12,7 @@ rounding (tests assert identical greedy token ids).
 * :meth:`KVBatch.prefill`: each row's prompt, reusing its cached prefix.
 * :meth:`KVBatch.select`: rows by index, copied (finished rows leave; one prefill copied to
   ``n`` rows for ``n > 1`` and best-of, by repeating its index).
-* :meth:`KVBatch.concat`: another batch's rows appended (requests joining a running batch).
+* :meth:`KVBatch.join`: batches' rows in one batch (requests joining a running batch).
 * :meth:`KVBatch.step`: one token per row (a decode step).
 * :meth:`KVBatch.score`: log-likelihoods of candidate continuations of a row (label answers).
 * :meth:`KVBatch.decode`: decode every row to the end with :class:`~convtune.inference.decode.DecodeLoop`.
@@ -97,11 +97,6 @@ class KVBatch:
         out.cols = [list(self.cols[r]) for r in rows]
         out.last_computed = [self.last_computed[r] for r in rows]
         return out
-
-    def concat(self, other: KVBatch) -> None:
-        """Append ``other``'s rows (in place)."""
-        joined = KVBatch.join([self, other])
-        self.__dict__.update(joined.__dict__)
 
     @staticmethod
     def join(batches: Sequence[KVBatch]) -> KVBatch:

@@ -225,33 +225,43 @@ class DecodeLoop:
     def __init__(self, model: Any):
         self.model = model
         self.batch: Any = None  # KVBatch of the running rows, in ``seqs`` order
-        self.seqs: list[Seq] = []
+        self.seqs: list[Seq] = []  # the batch's rows' seqs, then those of the rows joining
         self.logits: Any = None  # next-token logits of every running row
+        self._joining: list[tuple[Any, Any]] = []  # (KVBatch, logits) added since the last step
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def add(self, batch: Any, seqs: Sequence[Seq], logits: Any) -> list[tuple[Seq, Any]]:
         """Rows whose prompts ``batch`` has prefilled (``logits``: their next-token logits) join.
-        Seqs that ended already (``max_tokens`` 0) are returned at once, as :meth:`step` does."""
-        import torch
+        Seqs that ended already (``max_tokens`` 0) are returned at once, as :meth:`step` does.
 
+        The rows join the running batch's cache at the next step, together with every other
+        batch added before it: one copy of the cache however many requests join."""
         if len(seqs) != batch.n or logits.shape[0] != batch.n:
             raise ValueError(f"{len(seqs)} seqs and {logits.shape[0]} logits rows for {batch.n} batch rows")
-        if self.batch is None:
-            self.batch, self.seqs, self.logits = batch, list(seqs), logits
-        else:
-            self.batch.concat(batch)
-            self.seqs.extend(seqs)
-            self.logits = torch.cat([self.logits, logits])
-        return self._leave()
+        self._joining.append((batch, logits))
+        self.seqs.extend(seqs)
+        return self._leave() if any(s.finish is not None for s in seqs) else []
+
+    def _merge(self) -> None:
+        """The batches added since the last step join the running one (one join of them all)."""
+        if not self._joining:
+            return
+        import torch
+
+        parts = ([(self.batch, self.logits)] if self.batch is not None else []) + self._joining
+        self._joining = []
+        batches = [b for b, _ in parts]
+        self.batch = batches[0] if len(batches) == 1 else type(batches[0]).join(batches)
+        self.logits = torch.cat([lg for _, lg in parts]) if len(parts) > 1 else parts[0][1]
 
     def step(self) -> list[tuple[Seq, Any]]:
         """Decode one token for every row. Returns the seqs that ended, each with its KV row
         (a one-row KVBatch) when it asked to keep it, else None."""
         from convtune.guided import mask_rows_
 
-        ended = self._leave()  # ended from outside since the last step
+        ended = self._leave()  # ended from outside since the last step (the joining rows merged)
         if not self.seqs:
             return ended
         seqs = self.seqs
@@ -272,6 +282,7 @@ class DecodeLoop:
         take = [g for g, s in enumerate(self.seqs) if s.finish is None and which(s)]
         if not take:
             return None
+        self._merge()
         parked = (self.batch.select(take), [self.seqs[g] for g in take], self.logits[take])
         keep = [g for g in range(len(self.seqs)) if g not in set(take)]
         if keep:
@@ -284,6 +295,7 @@ class DecodeLoop:
 
     def _leave(self) -> list[tuple[Seq, Any]]:
         """Rows whose seq ended leave the batch (their cache rows dropped, or handed back)."""
+        self._merge()
         done = [g for g, s in enumerate(self.seqs) if s.finish is not None]
         if not done:
             return []
