@@ -100,3 +100,36 @@ def test_label_scores_do_not_depend_on_how_candidates_share_a_forward(tiny_model
             logp = torch.log_softmax(out, -1)
             ref.append(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(c)))
     assert together == pytest.approx(ref, abs=1e-4) and alone == pytest.approx(ref, abs=1e-4)
+
+
+def test_batches_added_between_steps_join_the_running_cache_once(tiny_model_dir, monkeypatch):
+    """Requests joining a running DecodeLoop between two steps cost one join (one copy of the
+    running cache) at the next step, however many there are; their rows decode as if alone."""
+    import torch
+
+    from convtune.inference import DecodeLoop, Generator, KVBatch, Sampling, Seq
+    from convtune.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu")
+    gen = Generator(model, tok)
+    texts = ("Refund my order", "Where is it", "Hi", "Cancel")
+    prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
+
+    seqs = [Seq(gen, Sampling(max_tokens=6)) for _ in prompts]
+    loop = DecodeLoop(gen)
+    joins = []
+    real = KVBatch.join
+    monkeypatch.setattr(KVBatch, "join", staticmethod(lambda bs: joins.append(len(bs)) or real(bs)))
+    with torch.inference_mode():
+        for i, (p, s) in enumerate(zip(prompts, seqs)):
+            kv = gen.rows(1, reuse=False)
+            loop.add(kv, [s], kv.prefill([p]))
+            if i == 0:
+                loop.step()  # the first request runs; the other three are added before the next step
+        loop.step()
+        assert joins == [4]  # the running batch and the three added, in one join
+        while loop:
+            loop.step()
+        for p, s in zip(prompts, seqs):  # each row decoded as it does alone
+            kv = gen.rows(1, reuse=False)
+            assert s.token_ids == kv.decode(kv.prefill([p]), [6])[0].token_ids

@@ -212,7 +212,7 @@ def test_quant_linear_prefills_on_the_float_weight_and_decodes_on_the_packed_one
     (decode steps) go through the packed kernel; ``set_float_rows(None)`` packs every forward."""
     import torch
 
-    from convtune.inference.quantize import QuantLinear, set_float_rows
+    from convtune.inference.quantize import BF16_ROWS, QuantLinear, quantize_for_cpu, set_float_rows
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48)
@@ -230,6 +230,13 @@ def test_quant_linear_prefills_on_the_float_weight_and_decodes_on_the_packed_one
         got = b(prompt)
         assert got.dtype == torch.float32 and torch.equal(got, want)
         assert (got - lin(prompt)).norm() / lin(prompt).norm() < 0.01
+        # a batched decode step of BF16_ROWS rows takes the bf16 copy too; fewer rows stay packed
+        wide, narrow = torch.randn(BF16_ROWS[4], 1, 64), torch.randn(2, 1, 64)
+        wide_want = torch.nn.functional.linear(wide.bfloat16(), lin.weight.bfloat16()).float() + lin.bias
+        assert torch.equal(b(wide), wide_want) and torch.equal(b(narrow), q(narrow))
+        for flag in (True, False):  # quantize_for_cpu hands the choice to every layer
+            m = quantize_for_cpu(torch.nn.Sequential(torch.nn.Linear(64, 48)), bf16_prefill=flag)
+            assert (m[0]._prefill is not None) is flag
 
 
 def test_server_loads_the_fast_cpu_path_by_default(tiny_model_dir, tmp_path):

@@ -37,9 +37,10 @@ Where the CPU multiplies bf16 fast (AVX512-BF16 / AMX, through oneDNN), the pref
 a bf16 copy of the float weight (activations cast to bf16, outputs back to fp32; norms,
 attention and the KV cache stay fp32): :func:`bf16_prefill_pays` measures it once per process
 (a 256-row GEMM, bf16 must be 1.3x faster). Measured on the 2-core dev machine (AMD EPYC with
-AVX512-BF16): 1,000-token prefill of SmolLM2-135M 364 -> 839 tokens/s, perplexity of the
-prompt 59.94 -> 59.93. Decode steps of many rows (a batch) use the bf16 copy too from
-:data:`BF16_ROWS` rows, where it beats the packed kernel. Elsewhere the prefill weight is the
+AVX512-BF16; ``benchmarks/inference_levers.py``): 1,000-token prefill of SmolLM2-135M 369 ->
+759 tokens/s, perplexity of 12 sample transcripts 25.254 -> 25.255. Decode steps of many
+rows (a batch) use the bf16 copy too from :data:`BF16_ROWS` rows, where it beats the packed
+kernel. Elsewhere the prefill weight is the
 fp32 one, as before. Extra memory: half the float weights (``prefill_bytes``).
 """
 
@@ -57,7 +58,8 @@ _ACT = torch.bfloat16  # the dtype the CPU low-precision kernels multiply in
 FLOAT_ROWS = 128  # forwards of this many token rows or more (prefill) use the float weight
 #: With a bf16 copy of the weight, forwards of this many rows or more use it (by the layer's
 #: packed bits): where a bf16 GEMM beat the packed kernel on the dev machine (SmolLM2-135M's
-#: 576 x 49152 8-bit head: 6.9 vs 12.5 ms at 16 rows; 4-bit 576 x 1536: even at 16 rows).
+#: 576 x 49152 8-bit head: 6.4 vs 11.3 ms at 16 rows, 5.1 vs 5.9 at 8; 4-bit 576 x 1536:
+#: 0.159 vs 0.171 ms at 16 rows; ``benchmarks/inference_levers.py``).
 BF16_ROWS = {4: 16, 8: 8}
 
 
